@@ -1,0 +1,206 @@
+//! The `Broker` kind: a message broker that Queues and Topics live in, either run by Conveyor
+//! (`managed`) or one that exists already (`external`).
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{Conditions, SecretReference};
+
+/// The broker software.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// NATS with JetStream.
+    #[default]
+    Nats,
+}
+
+/// A message broker that Queues and Topics live in.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "conveyor.dev",
+    version = "v1alpha1",
+    kind = "Broker",
+    namespaced,
+    status = "BrokerStatus",
+    shortname = "brk",
+    category = "conveyor",
+    printcolumn(name = "Engine", type_ = "string", json_path = ".spec.engine"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".status.readyReplicas"
+    ),
+    printcolumn(
+        name = "Version",
+        type_ = "string",
+        json_path = ".status.serverVersion"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        priority = 1,
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(
+    validation = Rule::new("has(self.managed) != has(self.external)").message("set exactly one of spec.managed (Conveyor runs the broker) or spec.external (connect to a broker that exists already)"),
+    validation = Rule::new("has(self.managed) == has(oldSelf.managed)").message("a Broker cannot switch between managed and external: create a new Broker instead")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BrokerSpec {
+    /// The broker software. Only `nats` (NATS JetStream) is available. Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.engine is immutable: create a new Broker to change engine"))]
+    pub engine: Engine,
+    /// Conveyor runs the broker: a StatefulSet of servers with their Services, configuration,
+    /// credentials and volumes. Exactly one of `managed` and `external` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<ManagedBroker>,
+    /// A broker that exists already; Conveyor connects to it. Exactly one of `managed` and
+    /// `external` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalBroker>,
+    /// Namespaces, besides the Broker's own, whose Queues and Topics may use this Broker.
+    /// `*` allows every namespace. Empty (the default): only the Broker's own namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 63)))]
+    pub allowed_namespaces: Vec<String>,
+}
+
+/// A broker that Conveyor runs.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedBroker {
+    /// Number of broker servers: 1, or an odd number up to 7 so that the cluster keeps a quorum.
+    #[serde(default = "default_broker_replicas")]
+    #[schemars(range(min = 1, max = 7))]
+    #[x_kube(validation = Rule::new("self % 2 == 1").message("spec.managed.replicas must be odd (1, 3, 5 or 7) so that the cluster keeps a quorum"))]
+    pub replicas: i32,
+    /// Version of the broker server (`2.15.3`). Sets the image tag unless `image` is given.
+    #[serde(default = "default_broker_version")]
+    #[schemars(regex(pattern = r"^[0-9]+\.[0-9]+\.[0-9]+$"))]
+    pub version: String,
+    /// Container image of the broker server; overrides the image derived from `version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub image: Option<String>,
+    /// The volumes that hold the broker's data.
+    #[serde(default)]
+    pub storage: BrokerStorage,
+    /// Compute resources of each broker server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+fn default_broker_replicas() -> i32 {
+    3
+}
+
+fn default_broker_version() -> String {
+    "2.15.3".into()
+}
+
+/// The persistent volumes of a managed broker.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BrokerStorage {
+    /// Size of each server's volume (`10Gi`).
+    #[serde(default = "default_storage_size")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"))]
+    pub size: String,
+    /// StorageClass of the volumes; the cluster's default when left out. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.managed.storage.storageClassName is immutable"))]
+    pub storage_class_name: Option<String>,
+    /// What happens to the volumes when the Broker is deleted: `Retain` (the default) keeps them
+    /// and their messages, `Delete` removes them.
+    #[serde(default)]
+    pub deletion_policy: VolumeDeletionPolicy,
+}
+
+impl Default for BrokerStorage {
+    fn default() -> Self {
+        Self {
+            size: default_storage_size(),
+            storage_class_name: None,
+            deletion_policy: VolumeDeletionPolicy::Retain,
+        }
+    }
+}
+
+fn default_storage_size() -> String {
+    "10Gi".into()
+}
+
+/// What happens to a managed broker's volumes when the Broker is deleted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum VolumeDeletionPolicy {
+    /// Keep the volumes and the messages they hold. The default.
+    #[default]
+    Retain,
+    /// Delete the volumes with the Broker.
+    Delete,
+}
+
+/// A broker that exists already.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalBroker {
+    /// Client URLs of the broker's servers (`nats://host:4222` or `tls://host:4222`).
+    #[schemars(
+        length(min = 1, max = 16),
+        inner(regex(pattern = r"^(nats|tls)://[^\s/?#]+$"))
+    )]
+    pub urls: Vec<String>,
+    /// Secret in the Broker's namespace with the credentials Conveyor presents to the broker:
+    /// `user` and `password`, or `token`, or `creds` (a NATS credentials file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretReference>,
+    /// TLS settings for `tls://` URLs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ExternalTls>,
+}
+
+/// TLS settings for an external broker.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalTls {
+    /// Secret in the Broker's namespace whose `ca.crt` is the certificate authority that signed
+    /// the broker's certificate. The system roots when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretReference>,
+}
+
+/// The observed state of a Broker.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BrokerStatus {
+    /// The generation of the spec that this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The state of the Broker: `Ready`, `Reachable`, `Progressing`, `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Conditions,
+    /// Number of broker servers that are ready (managed brokers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// The URL clients use to reach the broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The version the broker server reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_version: Option<String>,
+}

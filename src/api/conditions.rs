@@ -1,0 +1,232 @@
+//! Typed condition types and reasons, and the pure logic that merges conditions by type.
+//!
+//! Invariants: `lastTransitionTime` changes only when a condition's status flips, and a
+//! condition that did not change is kept exactly as it was, so that comparing the old and the
+//! new status tells whether anything but timestamps changed.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+/// The condition types Conveyor sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConditionType {
+    /// The resource does what it describes.
+    Ready,
+    /// Every resource this one refers to exists and may be used.
+    ResolvedRefs,
+    /// The broker answers.
+    Reachable,
+}
+
+impl ConditionType {
+    /// The name written to `status.conditions[].type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "Ready",
+            Self::ResolvedRefs => "ResolvedRefs",
+            Self::Reachable => "Reachable",
+        }
+    }
+}
+
+/// The reasons Conveyor gives in conditions and Events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Every reference resolved.
+    Resolved,
+    /// A referenced Broker does not exist.
+    BrokerNotFound,
+    /// A referenced Broker does not allow this namespace.
+    RefNotPermitted,
+    /// A referenced Secret does not exist or lacks a key.
+    SecretNotFound,
+    /// A referenced Topic does not exist.
+    TopicNotFound,
+    /// A referenced Queue does not exist.
+    QueueNotFound,
+    /// A referenced Deployment does not exist.
+    WorkloadNotFound,
+    /// A filter names an event type the Topic does not declare.
+    UnknownEventType,
+    /// The referenced Broker is not Ready.
+    BrokerNotReady,
+    /// The referenced Topic or Queue is not Ready.
+    SourceNotReady,
+    /// This build of Conveyor cannot yet do what the spec asks.
+    NotSupported,
+    /// A reference could not be resolved for a reason other than the above.
+    ResolutionFailed,
+}
+
+impl Reason {
+    /// The name written to `status.conditions[].reason` and to Events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Resolved => "Resolved",
+            Self::BrokerNotFound => "BrokerNotFound",
+            Self::RefNotPermitted => "RefNotPermitted",
+            Self::SecretNotFound => "SecretNotFound",
+            Self::TopicNotFound => "TopicNotFound",
+            Self::QueueNotFound => "QueueNotFound",
+            Self::WorkloadNotFound => "WorkloadNotFound",
+            Self::UnknownEventType => "UnknownEventType",
+            Self::BrokerNotReady => "BrokerNotReady",
+            Self::SourceNotReady => "SourceNotReady",
+            Self::NotSupported => "NotSupported",
+            Self::ResolutionFailed => "ResolutionFailed",
+        }
+    }
+}
+
+/// A condition as a reconciler decides it, before timestamps and generations are attached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Desired {
+    pub type_: ConditionType,
+    pub status: bool,
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Desired {
+    pub fn new(
+        type_: ConditionType,
+        status: bool,
+        reason: Reason,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            type_,
+            status,
+            reason,
+            message: message.into(),
+        }
+    }
+    pub fn is_true(type_: ConditionType, reason: Reason, message: impl Into<String>) -> Self {
+        Self::new(type_, true, reason, message)
+    }
+    pub fn is_false(type_: ConditionType, reason: Reason, message: impl Into<String>) -> Self {
+        Self::new(type_, false, reason, message)
+    }
+}
+
+fn status_str(status: bool) -> &'static str {
+    if status { "True" } else { "False" }
+}
+
+/// Merges `desired` into `current` by type and returns the new list, sorted by type.
+///
+/// A condition whose status, reason, message and generation are unchanged is kept as it was;
+/// `lastTransitionTime` is kept unless the status flips; conditions of other types are kept.
+pub fn merge(
+    current: &[Condition],
+    desired: &[Desired],
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Vec<Condition> {
+    let mut out: Vec<Condition> = current
+        .iter()
+        .filter(|c| !desired.iter().any(|d| d.type_.as_str() == c.type_))
+        .cloned()
+        .collect();
+    for d in desired {
+        let old = current.iter().find(|c| c.type_ == d.type_.as_str());
+        let status = status_str(d.status);
+        let next = match old {
+            Some(o)
+                if o.status == status
+                    && o.reason == d.reason.as_str()
+                    && o.message == d.message
+                    && o.observed_generation == generation =>
+            {
+                o.clone()
+            }
+            _ => Condition {
+                type_: d.type_.as_str().to_string(),
+                status: status.to_string(),
+                reason: d.reason.as_str().to_string(),
+                message: d.message.clone(),
+                observed_generation: generation,
+                last_transition_time: match old {
+                    Some(o) if o.status == status => o.last_transition_time.clone(),
+                    _ => Time(now),
+                },
+            },
+        };
+        out.push(next);
+    }
+    out.sort_by(|a, b| a.type_.cmp(&b.type_));
+    out
+}
+
+/// Whether the condition of `type_` is present and `True`.
+pub fn is_true(conditions: &[Condition], type_: ConditionType) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.type_ == type_.as_str() && c.status == "True")
+}
+
+/// The condition of `type_`, if present.
+pub fn find(conditions: &[Condition], type_: ConditionType) -> Option<&Condition> {
+    conditions.iter().find(|c| c.type_ == type_.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).unwrap()
+    }
+
+    fn ready(status: bool, msg: &str) -> Desired {
+        Desired::new(ConditionType::Ready, status, Reason::BrokerNotReady, msg)
+    }
+
+    #[test]
+    fn unchanged_condition_is_kept_byte_for_byte() {
+        let first = merge(&[], &[ready(false, "waiting")], Some(1), t(0));
+        let second = merge(&first, &[ready(false, "waiting")], Some(1), t(60));
+        assert_eq!(
+            first, second,
+            "nothing but the clock changed, so no write is needed"
+        );
+        assert_eq!(second[0].last_transition_time, Time(t(0)));
+    }
+
+    #[test]
+    fn message_change_keeps_transition_time() {
+        let first = merge(&[], &[ready(false, "waiting")], Some(1), t(0));
+        let second = merge(&first, &[ready(false, "still waiting")], Some(1), t(60));
+        assert_ne!(first, second);
+        assert_eq!(second[0].message, "still waiting");
+        assert_eq!(second[0].last_transition_time, Time(t(0)));
+    }
+
+    #[test]
+    fn status_flip_moves_transition_time() {
+        let first = merge(&[], &[ready(false, "waiting")], Some(1), t(0));
+        let second = merge(&first, &[ready(true, "ok")], Some(1), t(60));
+        assert_eq!(second[0].status, "True");
+        assert_eq!(second[0].last_transition_time, Time(t(60)));
+    }
+
+    #[test]
+    fn new_generation_is_recorded_without_a_transition() {
+        let first = merge(&[], &[ready(false, "waiting")], Some(1), t(0));
+        let second = merge(&first, &[ready(false, "waiting")], Some(2), t(60));
+        assert_eq!(second[0].observed_generation, Some(2));
+        assert_eq!(second[0].last_transition_time, Time(t(0)));
+    }
+
+    #[test]
+    fn other_types_are_kept_and_order_is_stable() {
+        let refs = Desired::is_true(ConditionType::ResolvedRefs, Reason::Resolved, "ok");
+        let first = merge(&[], &[ready(false, "w"), refs.clone()], Some(1), t(0));
+        let second = merge(&first, &[ready(false, "w")], Some(1), t(5));
+        assert_eq!(first, second);
+        let types: Vec<_> = second.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(types, ["Ready", "ResolvedRefs"]);
+        assert!(is_true(&second, ConditionType::ResolvedRefs));
+        assert!(!is_true(&second, ConditionType::Ready));
+    }
+}

@@ -1,0 +1,65 @@
+//! The `Queue` kind: a point-to-point work queue; each message goes to exactly one consumer.
+
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::common::{BrokerReference, StreamSettings};
+use super::stream::{STREAM_NAME_PATTERN, StreamStatus};
+
+/// A work queue inside a Broker: each message goes to exactly one consumer.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "conveyor.dev",
+    version = "v1alpha1",
+    kind = "Queue",
+    namespaced,
+    status = "StreamStatus",
+    shortname = "cq",
+    category = "conveyor",
+    printcolumn(name = "Broker", type_ = "string", json_path = ".spec.brokerRef.name"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Depth", type_ = "integer", json_path = ".status.messages"),
+    printcolumn(
+        name = "Bytes",
+        type_ = "integer",
+        priority = 1,
+        json_path = ".status.bytes"
+    ),
+    printcolumn(
+        name = "Stream",
+        type_ = "string",
+        priority = 1,
+        json_path = ".status.streamName"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        priority = 1,
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("has(self.streamName) == has(oldSelf.streamName)").message("spec.streamName cannot be added or removed after creation"))]
+#[serde(rename_all = "camelCase")]
+pub struct QueueSpec {
+    /// The Broker that holds the queue. Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.brokerRef is immutable: create a new Queue to use another Broker"))]
+    pub broker_ref: BrokerReference,
+    /// Name of the stream inside the broker (letters, digits, `-` and `_`). Defaults to
+    /// `queue_<namespace>_<name>`. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = STREAM_NAME_PATTERN))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.streamName is immutable"))]
+    pub stream_name: Option<String>,
+    /// Retention, replicas, storage, duplicate detection and deletion of the queue's stream.
+    #[serde(flatten)]
+    pub stream: StreamSettings,
+}

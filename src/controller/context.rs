@@ -1,0 +1,89 @@
+//! The context shared by every reconciler: the client, the configuration, the metrics, the
+//! Event recorder and the per-object backoff of transient failures.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+
+use crate::metrics::Metrics;
+
+/// The field manager of every server-side apply Conveyor makes.
+pub const FIELD_MANAGER: &str = "conveyor.dev/operator";
+
+/// Operator settings that reconcilers read.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    /// Namespaces to reconcile; empty means all.
+    pub namespaces: Vec<String>,
+    /// How often an object is reconciled when nothing changes.
+    pub resync: Duration,
+    /// This process's name in Events (the pod name in a cluster).
+    pub instance: Option<String>,
+}
+
+/// Shared state of the reconcilers.
+pub struct Context {
+    pub client: Client,
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    backoff: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, config: Config, metrics: Arc<Metrics>) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: config.instance.clone(),
+        };
+        let recorder = Recorder::new(client.clone(), reporter);
+        Self {
+            client,
+            config,
+            metrics,
+            recorder,
+            backoff: Mutex::default(),
+        }
+    }
+
+    /// Records one more consecutive failure of `key` and returns how long to wait before the
+    /// next attempt: 1 s, doubling, at most 5 minutes.
+    pub fn next_backoff(&self, key: &str) -> Duration {
+        let mut map = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(key.to_string()).or_insert(0);
+        *n = (*n + 1).min(16);
+        backoff_delay(*n)
+    }
+
+    /// Forgets the failures of `key` after a successful reconcile.
+    pub fn reset_backoff(&self, key: &str) {
+        self.backoff
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+}
+
+/// The delay after `failures` consecutive failures.
+pub fn backoff_delay(failures: u32) -> Duration {
+    let secs = 1u64 << failures.saturating_sub(1).min(9);
+    Duration::from_secs(secs.min(300))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff_delay;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff_delay(1), Duration::from_secs(1));
+        assert_eq!(backoff_delay(2), Duration::from_secs(2));
+        assert_eq!(backoff_delay(5), Duration::from_secs(16));
+        assert_eq!(backoff_delay(10), Duration::from_secs(300));
+        assert_eq!(backoff_delay(16), Duration::from_secs(300));
+    }
+}

@@ -1,0 +1,74 @@
+//! The error type of every reconciler: a fixed, low-cardinality `category()` for metrics and
+//! Events, and `is_permanent()` to tell a spec that waits for the user from a transient failure
+//! that backs off and retries.
+
+/// What went wrong in a reconcile.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A call to the Kubernetes API failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// An object could not be serialized for an apply.
+    #[error("serializing {what}: {source}")]
+    Serialize {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The object in the cluster is malformed (it did not deserialize).
+    #[error("malformed object: {0}")]
+    Malformed(String),
+    /// The finalizer machinery failed.
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+impl Error {
+    /// A fixed string naming the kind of failure, for metric labels and Event reasons.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
+            Self::Kube(kube::Error::Api(s)) if s.code == 403 => "forbidden",
+            Self::Kube(kube::Error::Api(s)) if s.code == 422 => "invalid",
+            Self::Kube(_) => "kubernetes",
+            Self::Serialize { .. } => "serialize",
+            Self::Malformed(_) => "malformed",
+            Self::Finalizer(_) => "finalizer",
+        }
+    }
+
+    /// True when retrying cannot help until the object changes.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::Malformed(_) | Self::Serialize { .. })
+            || matches!(self, Self::Kube(kube::Error::Api(s)) if s.code == 422)
+    }
+}
+
+/// The result of a reconcile step.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16) -> Error {
+        let status = kube::core::Status::failure("test", "Test").with_code(code);
+        Error::Kube(kube::Error::Api(Box::new(status)))
+    }
+
+    #[test]
+    fn categories_are_fixed_strings() {
+        assert_eq!(api(409).category(), "conflict");
+        assert_eq!(api(403).category(), "forbidden");
+        assert_eq!(api(500).category(), "kubernetes");
+        assert_eq!(Error::Malformed("x".into()).category(), "malformed");
+    }
+
+    #[test]
+    fn only_spec_problems_are_permanent() {
+        assert!(api(422).is_permanent());
+        assert!(Error::Malformed("x".into()).is_permanent());
+        assert!(!api(500).is_permanent());
+        assert!(!api(409).is_permanent());
+    }
+}

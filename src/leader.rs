@@ -1,0 +1,189 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease, so that of several running operators
+//! exactly one reconciles.
+//!
+//! Every write is a `replace` that carries the Lease's `resourceVersion`, so two candidates can
+//! never both win: the loser gets a 409 Conflict and looks again. Expiry is judged the way
+//! client-go judges it, by how long this process has watched the record stay unchanged, so clock
+//! skew between machines does not matter.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::{Client, ResourceExt};
+
+/// Settings of the election.
+#[derive(Clone, Debug)]
+pub struct LeaseConfig {
+    pub namespace: String,
+    pub name: String,
+    pub identity: String,
+    /// How long a leader's claim lasts without renewal.
+    pub duration: Duration,
+}
+
+impl LeaseConfig {
+    /// How often the leader renews, and a candidate retries.
+    pub fn retry_period(&self) -> Duration {
+        (self.duration / 4).max(Duration::from_millis(200))
+    }
+    /// How long the leader keeps trying to renew before it gives up leadership.
+    pub fn renew_deadline(&self) -> Duration {
+        self.duration * 2 / 3
+    }
+}
+
+/// A participant in the election.
+pub struct Elector {
+    api: Api<Lease>,
+    config: LeaseConfig,
+    /// The last record seen and when this process first saw it.
+    observed: Option<(LeaseSpec, Instant)>,
+}
+
+/// What one attempt found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Attempt {
+    Acquired,
+    HeldBy(String),
+}
+
+fn now() -> MicroTime {
+    MicroTime(Timestamp::now())
+}
+
+impl Elector {
+    pub fn new(client: Client, config: LeaseConfig) -> Self {
+        Self {
+            api: Api::namespaced(client, &config.namespace),
+            config,
+            observed: None,
+        }
+    }
+
+    fn spec(&self, acquired: Option<MicroTime>, transitions: i32) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(self.config.identity.clone()),
+            lease_duration_seconds: Some(self.config.duration.as_secs().max(1) as i32),
+            acquire_time: Some(acquired.unwrap_or_else(now)),
+            renew_time: Some(now()),
+            lease_transitions: Some(transitions),
+            ..Default::default()
+        }
+    }
+
+    /// Tries once to take or renew the Lease.
+    pub async fn try_acquire(&mut self) -> kube::Result<Attempt> {
+        let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.config.name.clone()),
+                    ..Default::default()
+                },
+                spec: Some(self.spec(None, 0)),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(Attempt::Acquired),
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    Ok(Attempt::HeldBy("another candidate".into()))
+                }
+                Err(e) => Err(e),
+            };
+        };
+        let current = lease.spec.clone().unwrap_or_default();
+        let holder = current.holder_identity.clone().filter(|h| !h.is_empty());
+        let mine = holder.as_deref() == Some(self.config.identity.as_str());
+        if !mine && holder.is_some() && !self.expired(&current) {
+            return Ok(Attempt::HeldBy(holder.unwrap_or_default()));
+        }
+        let transitions = current.lease_transitions.unwrap_or(0) + i32::from(!mine);
+        let acquired = if mine {
+            current.acquire_time.clone()
+        } else {
+            None
+        };
+        lease.spec = Some(self.spec(acquired, transitions));
+        match self
+            .api
+            .replace(&lease.name_any(), &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(Attempt::Acquired),
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                Ok(Attempt::HeldBy("another candidate".into()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the holder has let `current` go unrenewed for longer than its duration, as seen
+    /// from this process.
+    fn expired(&mut self, current: &LeaseSpec) -> bool {
+        let seen = match &self.observed {
+            Some((spec, at)) if spec == current => *at,
+            _ => {
+                self.observed = Some((current.clone(), Instant::now()));
+                return false;
+            }
+        };
+        let duration = current
+            .lease_duration_seconds
+            .map(|s| Duration::from_secs(s.max(1) as u64));
+        seen.elapsed() > duration.unwrap_or(self.config.duration)
+    }
+
+    /// Waits until this process holds the Lease.
+    pub async fn acquire(&mut self) {
+        loop {
+            match self.try_acquire().await {
+                Ok(Attempt::Acquired) => return,
+                Ok(Attempt::HeldBy(holder)) => {
+                    tracing::debug!(%holder, "lease held by another operator")
+                }
+                Err(e) => tracing::warn!(error = %e, "acquiring the leader lease failed"),
+            }
+            tokio::time::sleep(self.config.retry_period()).await;
+        }
+    }
+
+    /// Renews the Lease until renewal fails for longer than the renew deadline or another
+    /// holder is found; returns when leadership is lost.
+    pub async fn hold(&mut self) {
+        let mut last_ok = Instant::now();
+        loop {
+            tokio::time::sleep(self.config.retry_period()).await;
+            match self.try_acquire().await {
+                Ok(Attempt::Acquired) => last_ok = Instant::now(),
+                Ok(Attempt::HeldBy(holder)) => {
+                    tracing::error!(%holder, "the leader lease was taken over");
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "renewing the leader lease failed"),
+            }
+            if last_ok.elapsed() > self.config.renew_deadline() {
+                tracing::error!("could not renew the leader lease in time");
+                return;
+            }
+        }
+    }
+
+    /// Gives the Lease up so that a standby can take over at once.
+    pub async fn release(&self) -> kube::Result<()> {
+        let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
+            return Ok(());
+        };
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        if spec.holder_identity.as_deref() != Some(self.config.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(now());
+        self.api
+            .replace(&lease.name_any(), &PostParams::default(), &lease)
+            .await
+            .map(|_| ())
+    }
+}

@@ -1,0 +1,153 @@
+//! The `conveyor` command: `run` (the operator), `crds` (print or write the CRDs), `version`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use conveyor::controller::Config;
+use conveyor::leader::LeaseConfig;
+use conveyor::operator::{RunConfig, run};
+use conveyor::telemetry::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "conveyor",
+    version,
+    about = "Kubernetes operator for message-queue infrastructure"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the operator.
+    Run(RunArgs),
+    /// Print every CRD as YAML, or write one file per kind into a directory.
+    Crds {
+        /// Directory to write `<plural>.conveyor.dev.yaml` files into.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Namespaces to reconcile, comma separated; all namespaces when empty.
+    #[arg(long, env = "CONVEYOR_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Address of the /healthz, /readyz and /metrics server.
+    #[arg(long, env = "CONVEYOR_PROBE_ADDR", default_value = "0.0.0.0:8080")]
+    probe_addr: SocketAddr,
+    /// Log format.
+    #[arg(long, env = "CONVEYOR_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Log filter in the RUST_LOG syntax.
+    #[arg(long, env = "CONVEYOR_LOG", default_value = "info,kube_runtime=warn")]
+    log: String,
+    /// Run without leader election (only when exactly one operator runs).
+    #[arg(long, env = "CONVEYOR_NO_LEADER_ELECTION")]
+    no_leader_election: bool,
+    /// Namespace of the leader Lease.
+    #[arg(
+        long,
+        env = "CONVEYOR_LEASE_NAMESPACE",
+        default_value = "conveyor-system"
+    )]
+    lease_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, env = "CONVEYOR_LEASE_NAME", default_value = "conveyor-operator")]
+    lease_name: String,
+    /// How long a leader's claim lasts without renewal, in seconds.
+    #[arg(long, env = "CONVEYOR_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// Identity in the Lease; the pod name in a cluster. Defaults to the host name and pid.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Seconds between reconciliations of an unchanged object.
+    #[arg(long, env = "CONVEYOR_RESYNC_SECONDS", default_value_t = 300)]
+    resync_seconds: u64,
+}
+
+fn default_identity() -> String {
+    let host =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "conveyor".into());
+    format!("{}-{}", host.trim(), std::process::id())
+}
+
+fn write_crds(out: Option<PathBuf>) -> Result<(), String> {
+    let crds = conveyor::api::crds();
+    let Some(dir) = out else {
+        print!(
+            "{}",
+            conveyor::crdgen::render_all(&crds).map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for crd in &crds {
+        let path = dir.join(conveyor::crdgen::file_name(crd));
+        let yaml = conveyor::crdgen::render(crd).map_err(|e| e.to_string())?;
+        std::fs::write(&path, yaml).map_err(|e| format!("{}: {e}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+async fn run_operator(args: RunArgs) -> Result<(), String> {
+    telemetry::init(args.log_format, &args.log);
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("connecting to Kubernetes: {e}"))?;
+    let lease = (!args.no_leader_election).then(|| LeaseConfig {
+        namespace: args.lease_namespace,
+        name: args.lease_name,
+        identity: args.identity.clone().unwrap_or_else(default_identity),
+        duration: Duration::from_secs(args.lease_duration_seconds.max(1)),
+    });
+    let cfg = RunConfig {
+        controller: Config {
+            namespaces: args
+                .namespaces
+                .into_iter()
+                .filter(|n| !n.is_empty())
+                .collect(),
+            resync: Duration::from_secs(args.resync_seconds.max(1)),
+            instance: args.identity,
+        },
+        lease,
+        probe_addr: args.probe_addr,
+    };
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), namespaces = ?cfg.controller.namespaces, "starting Conveyor");
+    run(client, cfg).await.map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Version => {
+            println!("conveyor {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Crds { out } => write_crds(out),
+        Command::Run(args) => match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(run_operator(args)),
+            Err(e) => Err(format!("starting the runtime: {e}")),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("conveyor: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

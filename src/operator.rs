@@ -1,0 +1,208 @@
+//! `conveyor run`: the operator process. Serves probes and metrics, waits for the CRDs, takes
+//! the leader Lease, runs one controller per kind (per namespace when limited), and shuts down
+//! cleanly on SIGTERM, handing the Lease over.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use kube::Client;
+use kube::api::{Api, ListParams};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{Broker, EventSubscription, Queue, Topic};
+use crate::controller::driver::{self, Reconcile};
+use crate::controller::{Config, Context};
+use crate::leader::{Elector, LeaseConfig};
+use crate::metrics::Metrics;
+use crate::server::{self, Readiness};
+
+/// Number of kinds with a controller.
+const KINDS: usize = 4;
+
+/// Settings of `conveyor run`.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub controller: Config,
+    /// `None` runs without leader election (a single replica).
+    pub lease: Option<LeaseConfig>,
+    pub probe_addr: SocketAddr,
+}
+
+/// Why the operator stopped other than by a signal.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("the probe server failed: {0}")]
+    Server(#[from] std::io::Error),
+    #[error("leadership was lost; exiting so that a fresh process competes again")]
+    LeadershipLost,
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+fn on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
+        }
+        token.cancel();
+    });
+}
+
+/// Runs the operator until a signal arrives (Ok) or leadership is lost (Err).
+pub async fn run(client: Client, cfg: RunConfig) -> Result<(), RunError> {
+    let metrics = Arc::new(Metrics::default());
+    let readiness = Arc::new(Readiness::default());
+    let shutdown = CancellationToken::new();
+    on_signal(shutdown.clone());
+    let server = tokio::spawn(server::serve(
+        cfg.probe_addr,
+        readiness.clone(),
+        metrics.clone(),
+        shutdown.clone().cancelled_owned(),
+    ));
+
+    tokio::select! {
+        _ = wait_for_crds(&client, &cfg.controller.namespaces) => readiness.set_crds_found(),
+        _ = shutdown.cancelled() => return finish(server).await,
+    }
+
+    let mut elector = cfg.lease.clone().map(|l| Elector::new(client.clone(), l));
+    if let Some(e) = elector.as_mut() {
+        tracing::info!("waiting for the leader lease");
+        tokio::select! {
+            _ = e.acquire() => tracing::info!("acquired the leader lease"),
+            _ = shutdown.cancelled() => return finish(server).await,
+        }
+    }
+    metrics.leader.set(1);
+    let namespaces = scopes(&cfg.controller.namespaces);
+    readiness.start_leading(KINDS * namespaces.len());
+    let ctx = Arc::new(Context::new(
+        client,
+        cfg.controller.clone(),
+        metrics.clone(),
+    ));
+    let controllers = run_controllers(ctx, namespaces, &shutdown, &readiness);
+
+    let lost = match elector.as_mut() {
+        Some(e) => tokio::select! {
+            _ = controllers => false,
+            _ = e.hold() => true,
+        },
+        None => {
+            controllers.await;
+            false
+        }
+    };
+    metrics.leader.set(0);
+    if lost {
+        shutdown.cancel();
+        return Err(RunError::LeadershipLost);
+    }
+    if let Some(e) = &elector {
+        match e.release().await {
+            Ok(()) => tracing::info!("released the leader lease"),
+            Err(err) => tracing::warn!(error = %err, "releasing the leader lease failed"),
+        }
+    }
+    finish(server).await
+}
+
+async fn finish(server: tokio::task::JoinHandle<std::io::Result<()>>) -> Result<(), RunError> {
+    match server.await {
+        Ok(r) => r.map_err(RunError::Server),
+        Err(e) => Err(RunError::Server(std::io::Error::other(e))),
+    }
+}
+
+/// The watch scopes: each listed namespace, or the whole cluster.
+fn scopes(namespaces: &[String]) -> Vec<Option<String>> {
+    if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.iter().cloned().map(Some).collect()
+    }
+}
+
+async fn run_controllers(
+    ctx: Arc<Context>,
+    namespaces: Vec<Option<String>>,
+    shutdown: &CancellationToken,
+    readiness: &Arc<Readiness>,
+) {
+    let mut tasks = Vec::new();
+    for ns in namespaces {
+        tasks.push(spawn::<Broker>(&ctx, ns.clone(), shutdown, readiness));
+        tasks.push(spawn::<Queue>(&ctx, ns.clone(), shutdown, readiness));
+        tasks.push(spawn::<Topic>(&ctx, ns.clone(), shutdown, readiness));
+        tasks.push(spawn::<EventSubscription>(&ctx, ns, shutdown, readiness));
+    }
+    join_all(tasks).await;
+}
+
+fn spawn<K: Reconcile>(
+    ctx: &Arc<Context>,
+    ns: Option<String>,
+    shutdown: &CancellationToken,
+    readiness: &Arc<Readiness>,
+) -> tokio::task::JoinHandle<()> {
+    let readiness = readiness.clone();
+    tokio::spawn(driver::run::<K>(
+        ctx.clone(),
+        ns,
+        shutdown.clone().cancelled_owned(),
+        move || readiness.watch_synced(),
+    ))
+}
+
+/// Waits until every Conveyor kind can be listed in every scope.
+async fn wait_for_crds(client: &Client, namespaces: &[String]) {
+    let mut logged = false;
+    loop {
+        let mut missing = None;
+        for ns in scopes(namespaces) {
+            if let Err(e) = list_all_kinds(client, ns.as_deref()).await {
+                missing = Some(e);
+                break;
+            }
+        }
+        let Some(e) = missing else { return };
+        if !logged {
+            tracing::warn!(error = %e, "Conveyor CRDs not available yet; install them with `conveyor crds | kubectl apply -f -`");
+            logged = true;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+async fn list_all_kinds(client: &Client, ns: Option<&str>) -> kube::Result<()> {
+    async fn one<K>(client: &Client, ns: Option<&str>) -> kube::Result<()>
+    where
+        K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        api.list_metadata(&ListParams::default().limit(1))
+            .await
+            .map(|_| ())
+    }
+    one::<Broker>(client, ns).await?;
+    one::<Queue>(client, ns).await?;
+    one::<Topic>(client, ns).await?;
+    one::<EventSubscription>(client, ns).await
+}

@@ -1,0 +1,253 @@
+//! Shared support for Conveyor's integration tests: finding the local test plane, one namespace
+//! per test (deleted afterwards), waiting with a timeout, and diagnostics when a test fails.
+//!
+//! The plane is found through the environment (`KUBECONFIG`, `CONVEYOR_TEST_NATS_URL`) or the
+//! `.cluster/env` file that `hack/cluster.sh up` writes. Without it a test skips with one line
+//! saying how to start it, unless `CONVEYOR_REQUIRE_CLUSTER=1`, which turns the skip into a
+//! failure (the test command and CI set it).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+/// What a test needs to reach the local plane.
+pub struct Plane {
+    pub kubeconfig: PathBuf,
+    pub nats_url: String,
+    pub cluster_dir: Option<PathBuf>,
+    /// The kubectl built with the plane (or the one on PATH).
+    pub kubectl: PathBuf,
+    pub client: Client,
+    pub config: Config,
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Reads the `export NAME=value` lines of `.cluster/env`.
+fn env_file() -> HashMap<String, String> {
+    let path = std::env::var_os("CONVEYOR_CLUSTER_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".cluster"))
+        .join("env");
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return HashMap::new();
+    };
+    text.lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn setting(file: &HashMap<String, String>, name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .or_else(|| file.get(name).cloned())
+}
+
+/// The local plane, or `None` (after printing why) when it is not running.
+pub async fn plane() -> Option<Plane> {
+    let file = env_file();
+    let nats_url = setting(&file, "CONVEYOR_TEST_NATS_URL");
+    // A KUBECONFIG alone may point at a real cluster; only the plane's own env file or an
+    // explicit CONVEYOR_TEST_NATS_URL says the test plane is up.
+    let kubeconfig = if nats_url.is_some() {
+        setting(&file, "KUBECONFIG")
+    } else {
+        None
+    };
+    let (Some(kubeconfig), Some(nats_url)) = (kubeconfig, nats_url) else {
+        let msg =
+            "no local test plane: run `hack/cluster.sh up` (or `hack/test.sh`, which starts it)";
+        if std::env::var("CONVEYOR_REQUIRE_CLUSTER").is_ok_and(|v| v == "1") {
+            panic!("CONVEYOR_REQUIRE_CLUSTER=1 but {msg}");
+        }
+        eprintln!("SKIPPED: {msg}");
+        return None;
+    };
+    let kubeconfig = PathBuf::from(kubeconfig);
+    let kc = Kubeconfig::read_from(&kubeconfig).expect("reading the test plane's kubeconfig");
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig");
+    let client = Client::try_from(config.clone()).expect("client");
+    let cluster_dir = setting(&file, "CONVEYOR_CLUSTER_DIR").map(PathBuf::from);
+    let kubectl = setting(&file, "CONVEYOR_TESTBIN")
+        .map(|d| PathBuf::from(d).join("kubectl"))
+        .unwrap_or_else(|| PathBuf::from("kubectl"));
+    Some(Plane {
+        kubeconfig,
+        nats_url,
+        cluster_dir,
+        kubectl,
+        client,
+        config,
+    })
+}
+
+/// Starts a test: the plane and a fresh namespace, or returns from the test when there is no plane.
+#[macro_export]
+macro_rules! setup {
+    ($name:expr) => {
+        match common::plane().await {
+            Some(plane) => {
+                let ns = common::TestNamespace::create(&plane, $name).await;
+                (plane, ns)
+            }
+            None => return,
+        }
+    };
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A namespace that exists for one test. Dropping it deletes it; when the test is failing
+/// (panicking), diagnostics of the namespace and the plane are printed first.
+pub struct TestNamespace {
+    pub name: String,
+    kubeconfig: PathBuf,
+    kubectl: PathBuf,
+    cluster_dir: Option<PathBuf>,
+}
+
+impl TestNamespace {
+    pub async fn create(plane: &Plane, test: &str) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let slug: String = test
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        let slug = slug
+            .chars()
+            .take(40)
+            .collect::<String>()
+            .trim_matches('-')
+            .to_string();
+        let name = format!("t-{slug}-{}-{n}", std::process::id());
+        let api: Api<Namespace> = Api::all(plane.client.clone());
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some([("conveyor.dev/test".to_string(), "true".to_string())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        api.create(&PostParams::default(), &ns)
+            .await
+            .expect("creating the test namespace");
+        Self {
+            name,
+            kubeconfig: plane.kubeconfig.clone(),
+            kubectl: plane.kubectl.clone(),
+            cluster_dir: plane.cluster_dir.clone(),
+        }
+    }
+
+    /// Runs kubectl against the plane and returns what it printed.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let out = Command::new(&self.kubectl)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(args)
+            .output()
+            .map(|o| {
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            });
+        out.unwrap_or_else(|e| format!("(kubectl could not run: {e})"))
+    }
+
+    fn diagnostics(&self) {
+        eprintln!("===== diagnostics for namespace {} =====", self.name);
+        eprintln!(
+            "--- events\n{}",
+            self.kubectl(&[
+                "get",
+                "events",
+                "-n",
+                &self.name,
+                "--sort-by=.lastTimestamp"
+            ])
+        );
+        eprintln!(
+            "--- objects\n{}",
+            self.kubectl(&[
+                "get",
+                "all,configmaps,serviceaccounts,roles,rolebindings",
+                "-n",
+                &self.name,
+                "-o",
+                "yaml"
+            ])
+        );
+        if let Some(dir) = &self.cluster_dir {
+            tail_logs(&dir.join("logs"));
+        }
+    }
+}
+
+fn tail_logs(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+        eprintln!("--- last lines of {}\n{tail}", entry.path().display());
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.diagnostics();
+        }
+        self.kubectl(&[
+            "delete",
+            "namespace",
+            &self.name,
+            "--wait=false",
+            "--ignore-not-found",
+        ]);
+    }
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or panics after `timeout` naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
