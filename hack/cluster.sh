@@ -230,7 +230,7 @@ EOF
   log "up in $((SECONDS - started))s: apiserver $server, nats nats://127.0.0.1:$nats_port; source $state/env"
 }
 
-components=(kwok kube-scheduler kube-controller-manager kube-apiserver nats-server etcd)
+components=(conveyor kwok kube-scheduler kube-controller-manager kube-apiserver nats-server etcd)
 
 down() {
   [[ -d $state ]] || { log "nothing to stop"; return; }

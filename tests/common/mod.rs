@@ -251,3 +251,28 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Installs Conveyor's CRDs from `crds/` with server-side apply and waits until each is
+/// Established. Idempotent, so every test that needs them calls it.
+pub async fn install_crds(plane: &Plane) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Patch, PatchParams};
+    let api: Api<CustomResourceDefinition> = Api::all(plane.client.clone());
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(repo_root().join("crds")).expect("crds/") {
+        let path = entry.expect("crds/ entry").path();
+        let text = std::fs::read_to_string(&path).expect("reading a CRD");
+        let crd: CustomResourceDefinition = serde_saphyr::from_str(&text).expect("parsing a CRD");
+        let name = crd.metadata.name.clone().expect("CRD name");
+        api.patch(&name, &PatchParams::apply("conveyor-test").force(), &Patch::Apply(&crd)).await.expect("applying a CRD");
+        names.push(name);
+    }
+    for name in names {
+        wait_for(&format!("CRD {name} to be Established"), Duration::from_secs(30), || async {
+            let crd = api.get(&name).await.ok()?;
+            let established = crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
+            established.then_some(())
+        })
+        .await;
+    }
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Conveyor's whole test suite against the local control plane and NATS.
+#
+# Installs what is missing, builds the plane's binaries (cached), starts the plane unless
+# .cluster/env says it is running, runs every test with CONVEYOR_REQUIRE_CLUSTER=1 (so nothing
+# skips), and stops the plane again if this script started it. Extra arguments go to cargo test.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+hack/prereqs.sh
+started=
+if [[ ! -f .cluster/env ]] || ! hack/cluster.sh status >/dev/null 2>&1; then
+  hack/cluster.sh up
+  started=1
+fi
+cleanup() { [[ -n $started ]] && hack/cluster.sh down; }
+trap cleanup EXIT
+
+# shellcheck source=/dev/null
+source .cluster/env
+export CONVEYOR_REQUIRE_CLUSTER=1
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
+cargo test --locked --all-targets "$@"
