@@ -55,6 +55,9 @@ pub enum Engine {
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[kube(
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 40").message("a Broker's name must be at most 40 lowercase letters, digits and '-', starting with a letter: it prefixes the names of its StatefulSet, Services and pods")
+)]
 #[x_kube(
     validation = Rule::new("has(self.managed) != has(self.external)").message("set exactly one of spec.managed (Conveyor runs the broker) or spec.external (connect to a broker that exists already)"),
     validation = Rule::new("has(self.managed) == has(oldSelf.managed)").message("a Broker cannot switch between managed and external: create a new Broker instead")
@@ -102,6 +105,47 @@ pub struct ManagedBroker {
     /// Compute resources of each broker server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// How clients authenticate. `Jwt` (the default): NATS decentralized authentication; Conveyor
+    /// keeps the operator and account keys in a Secret and mints a user per client. `None`: no
+    /// authentication (development only).
+    #[serde(default)]
+    pub authentication: Authentication,
+    /// TLS for client connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ManagedTls>,
+    /// Largest message the servers accept, in bytes (default 1048576, at most 67108864).
+    #[serde(default = "default_max_payload")]
+    #[schemars(range(min = 1024, max = 67108864))]
+    pub max_payload: i64,
+    /// Scale down even when Conveyor cannot verify that no stream would lose replicas (for
+    /// example because the broker is unreachable). Streams with more replicas than the new size
+    /// lose their quorum.
+    #[serde(default)]
+    pub allow_unsafe_scale_down: bool,
+}
+
+fn default_max_payload() -> i64 {
+    1_048_576
+}
+
+/// How clients of a managed broker authenticate.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Authentication {
+    /// NATS decentralized authentication with JWTs. The default.
+    #[default]
+    Jwt,
+    /// No authentication: anyone who reaches the client port may do anything. Development only.
+    None,
+}
+
+/// TLS for the client port of a managed broker.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedTls {
+    /// Secret in the Broker's namespace with `tls.crt`, `tls.key` and `ca.crt` (the layout
+    /// cert-manager writes). The certificate must name the client Service `<broker>-nats`.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
 }
 
 fn default_broker_replicas() -> i32 {
@@ -114,6 +158,7 @@ fn default_broker_version() -> String {
 
 /// The persistent volumes of a managed broker.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.storageClassName) == has(oldSelf.storageClassName)").message("spec.managed.storage.storageClassName cannot be added or removed after creation"))]
 #[serde(rename_all = "camelCase")]
 pub struct BrokerStorage {
     /// Size of each server's volume (`10Gi`).
@@ -194,6 +239,9 @@ pub struct BrokerStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Conditions,
+    /// Number of broker servers requested (managed brokers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
     /// Number of broker servers that are ready (managed brokers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_replicas: Option<i32>,
@@ -203,4 +251,27 @@ pub struct BrokerStatus {
     /// The version the broker server reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_version: Option<String>,
+    /// Number of servers the broker reports in its cluster (1 for a single server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub servers: Option<i32>,
+    /// Name of the broker's cluster, if it is clustered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// The JetStream limits of the account Conveyor uses (-1: unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jet_stream: Option<JetStreamLimits>,
+}
+
+/// JetStream limits of an account, as the broker reports them. -1 means unlimited.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JetStreamLimits {
+    /// Memory storage, in bytes.
+    pub max_memory: i64,
+    /// File storage, in bytes.
+    pub max_storage: i64,
+    /// Number of streams.
+    pub max_streams: i64,
+    /// Number of consumers.
+    pub max_consumers: i64,
 }

@@ -2,6 +2,7 @@
 //! Types only: no IO and no Kubernetes client calls live here.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -111,7 +112,7 @@ pub struct Retention {
 }
 
 /// The settings that every broker-side stream has, shared by Queue and Topic.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StreamSettings {
     /// How long and how much the stream keeps.
@@ -123,6 +124,7 @@ pub struct StreamSettings {
     pub replicas: i32,
     /// Where the messages are kept: `File` (default) or `Memory`. Fixed at creation.
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.storage is fixed at creation: the broker cannot move a stream between file and memory storage"))]
     pub storage: StorageType,
     /// Window within which the broker drops a re-published message with the same message id
     /// (the `Nats-Msg-Id` header): the basis of idempotent publishing. A duration (`2m`).

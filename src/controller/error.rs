@@ -21,6 +21,9 @@ pub enum Error {
     /// The finalizer machinery failed.
     #[error("finalizer: {0}")]
     Finalizer(String),
+    /// Generating or reading broker credentials failed.
+    #[error("broker credentials: {0}")]
+    Credentials(String),
 }
 
 impl Error {
@@ -34,13 +37,15 @@ impl Error {
             Self::Serialize { .. } => "serialize",
             Self::Malformed(_) => "malformed",
             Self::Finalizer(_) => "finalizer",
+            Self::Credentials(_) => "credentials",
         }
     }
 
-    /// True when retrying cannot help until the object changes.
+    /// True when retrying cannot help until the object changes. A 422 from the API server is
+    /// not permanent: a JSON-patch precondition that lost a race (the finalizer helper's) also
+    /// answers 422, and a retry succeeds.
     pub fn is_permanent(&self) -> bool {
         matches!(self, Self::Malformed(_) | Self::Serialize { .. })
-            || matches!(self, Self::Kube(kube::Error::Api(s)) if s.code == 422)
     }
 }
 
@@ -66,8 +71,11 @@ mod tests {
 
     #[test]
     fn only_spec_problems_are_permanent() {
-        assert!(api(422).is_permanent());
         assert!(Error::Malformed("x".into()).is_permanent());
+        assert!(
+            !api(422).is_permanent(),
+            "a lost JSON-patch test answers 422 and must be retried"
+        );
         assert!(!api(500).is_permanent());
         assert!(!api(409).is_permanent());
     }
