@@ -1,0 +1,965 @@
+//! NATS decentralized authentication ("operator mode") for managed brokers.
+//!
+//! In operator mode a NATS server does not hold a list of users. It trusts one *operator* key
+//! and verifies chains of signed JSON Web Tokens (JWTs):
+//!
+//! ```text
+//! operator (self-signed JWT, names the system account)
+//!   └─ account JWT, signed by the operator   (limits: connections, JetStream, ...)
+//!        └─ user JWT, signed by the account   (publish/subscribe permissions)
+//! ```
+//!
+//! The server is configured with the operator JWT and the account JWTs (for example
+//! `resolver: MEMORY` with `resolver_preload`). A client presents a user JWT and proves it
+//! holds the user's private key by signing the server's nonce. The server checks that the
+//! user JWT was signed by an account it knows and that the account JWT was signed by the
+//! operator. New users can therefore be minted at any time, by whoever holds the account
+//! key, without touching or reloading the servers.
+//!
+//! Every identity is an ed25519 *nkey*: a public key such as `O...` (operator), `A...`
+//! (account) or `U...` (user), and a secret seed `SO...`, `SA...` or `SU...`. Keys are made
+//! with [`generate_key`], restored with [`key_from_seed`]; [`KeyPair::public_key`] gives the
+//! public key and [`seed`] the seed.
+//!
+//! # Token format
+//!
+//! The tokens follow what the reference Go library (`github.com/nats-io/jwt/v2`) writes:
+//!
+//! * header `{"typ":"JWT","alg":"ed25519-nkey"}`;
+//! * header, claims and signature each base64url-encoded without padding, joined by `.`;
+//! * signature: the issuer nkey's ed25519 signature over `<header_b64>.<claims_b64>`;
+//! * claims: `jti`, `iat`, `iss` (issuer public key), `name`, `sub` (subject public key) and
+//!   `nats`, the type specific part, which carries `type` (`operator`, `account` or `user`)
+//!   and `version: 2`;
+//! * `jti` is the unpadded base32 of the SHA-512/256 hash of the JSON of the standard claims
+//!   alone (`iat`, `iss`, `name`, `sub`; `jti` empty, hence absent), as the Go library does.
+//!
+//! JSON is written in the Go library's field order, with Go's escaping of `<`, `>` and `&`,
+//! so a token carries the same bytes `nsc` would write for the same claims and issue time.
+//! The issue time is a parameter so that every function here is deterministic and free of
+//! I/O; callers pass the current Unix time.
+//!
+//! Users' credentials reach clients as a *creds file* ([`creds_file`]), the format read by
+//! `nats` CLI and client libraries (`async_nats::ConnectOptions::with_credentials`).
+
+use data_encoding::{BASE32_NOPAD, BASE64URL_NOPAD};
+use serde::Serialize;
+use sha2::{Digest, Sha512_256};
+
+/// An nkey pair (or a public key alone), re-exported from the `nkeys` crate.
+pub use nkeys::KeyPair;
+
+/// The value NATS reads as "no limit" in every numeric limit.
+pub const NO_LIMIT: i64 = -1;
+
+/// The JOSE header of every token, before base64url encoding.
+const HEADER: &str = r#"{"typ":"JWT","alg":"ed25519-nkey"}"#;
+
+/// The claims format version NATS 2.x expects in `nats.version`.
+const CLAIMS_VERSION: u8 = 2;
+
+/// Errors minting tokens and credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The `nkeys` crate rejected a key or seed, or could not sign.
+    #[error("nkey: {0}")]
+    Nkey(#[from] nkeys::error::Error),
+    /// A key or seed of the wrong role (for example an account seed where a user seed is
+    /// expected).
+    #[error("{what} must be {expected} key, not a key of type {actual}")]
+    WrongRole {
+        /// What the key was given for, e.g. "issuer of a user JWT".
+        what: &'static str,
+        /// The role the key must have.
+        expected: Role,
+        /// The role it has.
+        actual: String,
+    },
+    /// Claims could not be serialized (not expected to happen).
+    #[error("serializing claims: {0}")]
+    Json(#[from] serde_json::Error),
+    /// JetStream limits that would not enable JetStream or are out of range.
+    #[error("invalid account limits: {0}")]
+    InvalidLimits(&'static str),
+    /// A permission subject that NATS would refuse.
+    #[error("invalid permission subject {subject:?}: {reason}")]
+    InvalidSubject {
+        /// The offending subject.
+        subject: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// Not a well-formed NATS JWT.
+    #[error("malformed JWT: {0}")]
+    Malformed(&'static str),
+    /// The signature of a JWT does not verify against its issuer (`iss`).
+    #[error("JWT signature does not verify against its issuer")]
+    BadSignature,
+}
+
+/// The role of an nkey in the trust chain, which is also the `nats.type` of the JWT that
+/// describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The root of trust; signs account JWTs. Public keys start with `O`.
+    Operator,
+    /// A tenant; signs user JWTs. Public keys start with `A`.
+    Account,
+    /// A client identity. Public keys start with `U`.
+    User,
+}
+
+impl Role {
+    /// The claim type as written in `nats.type`: `operator`, `account` or `user`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Operator => "operator",
+            Role::Account => "account",
+            Role::User => "user",
+        }
+    }
+
+    fn key_type(self) -> nkeys::KeyPairType {
+        match self {
+            Role::Operator => nkeys::KeyPairType::Operator,
+            Role::Account => nkeys::KeyPairType::Account,
+            Role::User => nkeys::KeyPairType::User,
+        }
+    }
+
+    fn article(self) -> &'static str {
+        match self {
+            Role::Operator | Role::Account => "an",
+            Role::User => "a",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.article(), self.as_str())
+    }
+}
+
+/// Generates a fresh random key pair for `role`.
+pub fn generate_key(role: Role) -> KeyPair {
+    KeyPair::new(role.key_type())
+}
+
+/// Restores a key pair from its seed (`SO...`, `SA...` or `SU...`), checking it has `role`.
+pub fn key_from_seed(role: Role, seed: &str) -> Result<KeyPair, Error> {
+    let kp = KeyPair::from_seed(seed.trim())?;
+    require_role(&kp, role, "seed")?;
+    Ok(kp)
+}
+
+/// The seed (secret) of a key pair. Fails for a key pair made from a public key alone.
+pub fn seed(kp: &KeyPair) -> Result<String, Error> {
+    Ok(kp.seed()?)
+}
+
+/// Limits written into an account JWT.
+///
+/// The core NATS limits (subscriptions, data, payload, imports, exports, connections, leaf
+/// node connections) are always unlimited and wildcard exports are allowed; only JetStream
+/// is configurable. The system account must not have JetStream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AccountLimits {
+    /// JetStream limits; `None` leaves JetStream disabled for the account.
+    pub jetstream: Option<JetStreamLimits>,
+}
+
+impl AccountLimits {
+    /// No JetStream (what the system account needs).
+    pub fn without_jetstream() -> Self {
+        Self { jetstream: None }
+    }
+
+    /// JetStream enabled without limits.
+    pub fn with_unlimited_jetstream() -> Self {
+        Self {
+            jetstream: Some(JetStreamLimits::UNLIMITED),
+        }
+    }
+}
+
+/// JetStream limits of an account; each is a count or a number of bytes, or [`NO_LIMIT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JetStreamLimits {
+    /// Bytes of memory storage across the account's streams (`mem_storage`).
+    pub mem_storage: i64,
+    /// Bytes of file storage across the account's streams (`disk_storage`).
+    pub disk_storage: i64,
+    /// Number of streams (`streams`).
+    pub streams: i64,
+    /// Number of consumers (`consumer`).
+    pub consumer: i64,
+}
+
+impl JetStreamLimits {
+    /// Every JetStream limit set to [`NO_LIMIT`].
+    pub const UNLIMITED: Self = Self {
+        mem_storage: NO_LIMIT,
+        disk_storage: NO_LIMIT,
+        streams: NO_LIMIT,
+        consumer: NO_LIMIT,
+    };
+
+    fn validate(&self) -> Result<(), Error> {
+        let all = [
+            self.mem_storage,
+            self.disk_storage,
+            self.streams,
+            self.consumer,
+        ];
+        if all.iter().any(|v| *v < NO_LIMIT) {
+            return Err(Error::InvalidLimits(
+                "JetStream limits must be -1 (unlimited) or non-negative",
+            ));
+        }
+        // NATS reads zero memory and zero disk storage as "JetStream disabled".
+        if self.mem_storage == 0 && self.disk_storage == 0 {
+            return Err(Error::InvalidLimits(
+                "JetStream needs memory or disk storage (0 and 0 would disable it)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Publish and subscribe permissions written into a user JWT. An empty list allows every
+/// subject.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Permissions {
+    /// Subjects (wildcards allowed) the user may publish to (`nats.pub.allow`).
+    pub publish_allow: Vec<String>,
+    /// Subjects (wildcards allowed, optionally followed by a space and a queue group) the
+    /// user may subscribe to (`nats.sub.allow`).
+    pub subscribe_allow: Vec<String>,
+}
+
+/// Mints the operator JWT: self-signed by `operator`, naming `system_account` (an account
+/// public key) as the system account.
+pub fn operator_jwt(
+    operator: &KeyPair,
+    name: &str,
+    system_account: &str,
+    iat: i64,
+) -> Result<String, Error> {
+    require_role(operator, Role::Operator, "operator key")?;
+    require_public(system_account, Role::Account, "system account")?;
+    let nats = OperatorNats {
+        system_account,
+        kind: Role::Operator.as_str(),
+        version: CLAIMS_VERSION,
+    };
+    encode(operator, &operator.public_key(), name, iat, nats)
+}
+
+/// Mints an account JWT for `account_public`, signed by `operator`.
+pub fn account_jwt(
+    operator: &KeyPair,
+    account_public: &str,
+    name: &str,
+    limits: AccountLimits,
+    iat: i64,
+) -> Result<String, Error> {
+    require_role(operator, Role::Operator, "issuer of an account JWT")?;
+    require_public(account_public, Role::Account, "subject of an account JWT")?;
+    let js = match limits.jetstream {
+        Some(js) => {
+            js.validate()?;
+            js
+        }
+        None => JetStreamLimits {
+            mem_storage: 0,
+            disk_storage: 0,
+            streams: 0,
+            consumer: 0,
+        },
+    };
+    let nats = AccountNats {
+        limits: OperatorLimitsJson {
+            subs: NO_LIMIT,
+            data: NO_LIMIT,
+            payload: NO_LIMIT,
+            imports: NO_LIMIT,
+            exports: NO_LIMIT,
+            wildcards: true,
+            conn: NO_LIMIT,
+            leaf: NO_LIMIT,
+            mem_storage: js.mem_storage,
+            disk_storage: js.disk_storage,
+            streams: js.streams,
+            consumer: js.consumer,
+        },
+        default_permissions: PermissionsJson::default(),
+        authorization: Empty {},
+        kind: Role::Account.as_str(),
+        version: CLAIMS_VERSION,
+    };
+    encode(operator, account_public, name, iat, nats)
+}
+
+/// Mints a user JWT for `user_public`, signed by `account` (the account the user belongs
+/// to), with `permissions` and otherwise unlimited subscriptions, data and payload.
+pub fn user_jwt(
+    account: &KeyPair,
+    user_public: &str,
+    name: &str,
+    permissions: &Permissions,
+    iat: i64,
+) -> Result<String, Error> {
+    require_role(account, Role::Account, "issuer of a user JWT")?;
+    require_public(user_public, Role::User, "subject of a user JWT")?;
+    for subject in &permissions.publish_allow {
+        validate_subject(subject, false)?;
+    }
+    for subject in &permissions.subscribe_allow {
+        validate_subject(subject, true)?;
+    }
+    let nats = UserNats {
+        permissions: PermissionsJson {
+            publish: PermissionJson {
+                allow: &permissions.publish_allow,
+            },
+            subscribe: PermissionJson {
+                allow: &permissions.subscribe_allow,
+            },
+        },
+        subs: NO_LIMIT,
+        data: NO_LIMIT,
+        payload: NO_LIMIT,
+        kind: Role::User.as_str(),
+        version: CLAIMS_VERSION,
+    };
+    encode(account, user_public, name, iat, nats)
+}
+
+/// Formats a user's credentials (its JWT and its seed) as a NATS creds file, the format
+/// that `nats` clients read (`nsc` writes the same text).
+///
+/// Fails unless `user_seed` is a user seed (`SU...`) and `user_jwt` has the shape of a JWT,
+/// so that no other secret ends up in a file handed to a client.
+pub fn creds_file(user_jwt: &str, user_seed: &str) -> Result<String, Error> {
+    let user_seed = user_seed.trim();
+    key_from_seed(Role::User, user_seed)?;
+    let user_jwt = user_jwt.trim();
+    split_jwt(user_jwt)?;
+    Ok(format!(
+        "-----BEGIN NATS USER JWT-----\n\
+         {user_jwt}\n\
+         ------END NATS USER JWT------\n\
+         \n\
+         ************************* IMPORTANT *************************\n\
+         NKEY Seed printed below can be used to sign and prove identity.\n\
+         NKEYs are sensitive and should be treated as secrets.\n\
+         \n\
+         -----BEGIN USER NKEY SEED-----\n\
+         {user_seed}\n\
+         ------END USER NKEY SEED------\n\
+         \n\
+         *************************************************************\n"
+    ))
+}
+
+/// Decodes a JWT and verifies its signature against its issuer (`iss`), returning its
+/// claims. This proves who signed the token, not that the issuer is trusted: callers compare
+/// `iss` with the key they expect.
+pub fn decode_verified(jwt: &str) -> Result<serde_json::Value, Error> {
+    let (header_b64, claims_b64, signature_b64) = split_jwt(jwt)?;
+    let header: serde_json::Value = serde_json::from_slice(&decode_b64(header_b64)?)
+        .map_err(|_| Error::Malformed("header is not JSON"))?;
+    let typ = header["typ"].as_str().map(str::to_ascii_uppercase);
+    let alg = header["alg"].as_str().map(str::to_ascii_lowercase);
+    if typ.as_deref() != Some("JWT") || alg.as_deref() != Some("ed25519-nkey") {
+        return Err(Error::Malformed("not an ed25519-nkey JWT"));
+    }
+    let claims: serde_json::Value = serde_json::from_slice(&decode_b64(claims_b64)?)
+        .map_err(|_| Error::Malformed("claims are not JSON"))?;
+    let issuer = claims["iss"]
+        .as_str()
+        .ok_or(Error::Malformed("claims have no issuer"))?;
+    let issuer = KeyPair::from_public_key(issuer)?;
+    let signed = &jwt[..header_b64.len() + 1 + claims_b64.len()];
+    issuer
+        .verify(signed.as_bytes(), &decode_b64(signature_b64)?)
+        .map_err(|_| Error::BadSignature)?;
+    Ok(claims)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding.
+
+/// The standard claims, in the Go library's field order (`aud`, `exp`, `jti`, `iat`, `iss`,
+/// `name`, `nbf`, `sub`; the unused ones omitted).
+#[derive(Serialize)]
+struct ClaimsData<'a> {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    jti: String,
+    #[serde(skip_serializing_if = "is_zero")]
+    iat: i64,
+    iss: String,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    name: &'a str,
+    sub: &'a str,
+}
+
+#[derive(Serialize)]
+struct Claims<'a, N> {
+    #[serde(flatten)]
+    data: ClaimsData<'a>,
+    nats: N,
+}
+
+#[derive(Serialize)]
+struct OperatorNats<'a> {
+    system_account: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    version: u8,
+}
+
+#[derive(Serialize)]
+struct AccountNats<'a> {
+    limits: OperatorLimitsJson,
+    default_permissions: PermissionsJson<'a>,
+    authorization: Empty,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    version: u8,
+}
+
+/// `OperatorLimits` of the Go library: NATS, account and JetStream limits, flattened.
+#[derive(Serialize)]
+struct OperatorLimitsJson {
+    subs: i64,
+    data: i64,
+    payload: i64,
+    imports: i64,
+    exports: i64,
+    wildcards: bool,
+    conn: i64,
+    leaf: i64,
+    #[serde(skip_serializing_if = "is_zero")]
+    mem_storage: i64,
+    #[serde(skip_serializing_if = "is_zero")]
+    disk_storage: i64,
+    #[serde(skip_serializing_if = "is_zero")]
+    streams: i64,
+    #[serde(skip_serializing_if = "is_zero")]
+    consumer: i64,
+}
+
+#[derive(Serialize)]
+struct UserNats<'a> {
+    #[serde(flatten)]
+    permissions: PermissionsJson<'a>,
+    subs: i64,
+    data: i64,
+    payload: i64,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    version: u8,
+}
+
+#[derive(Serialize, Default)]
+struct PermissionsJson<'a> {
+    #[serde(rename = "pub")]
+    publish: PermissionJson<'a>,
+    #[serde(rename = "sub")]
+    subscribe: PermissionJson<'a>,
+}
+
+#[derive(Serialize, Default)]
+struct PermissionJson<'a> {
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    allow: &'a [String],
+}
+
+#[derive(Serialize)]
+struct Empty {}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+/// Signs claims about `subject` with `issuer`, computing `jti` as the Go library does.
+fn encode<N: Serialize>(
+    issuer: &KeyPair,
+    subject: &str,
+    name: &str,
+    iat: i64,
+    nats: N,
+) -> Result<String, Error> {
+    let mut data = ClaimsData {
+        jti: String::new(),
+        iat,
+        iss: issuer.public_key(),
+        name,
+        sub: subject,
+    };
+    data.jti = BASE32_NOPAD.encode(&Sha512_256::digest(go_json(&data)?));
+    let claims = go_json(&Claims { data, nats })?;
+    let signing_input = format!(
+        "{}.{}",
+        BASE64URL_NOPAD.encode(HEADER.as_bytes()),
+        BASE64URL_NOPAD.encode(&claims)
+    );
+    let signature = issuer.sign(signing_input.as_bytes())?;
+    Ok(format!(
+        "{signing_input}.{}",
+        BASE64URL_NOPAD.encode(&signature)
+    ))
+}
+
+/// JSON as Go's `encoding/json` writes it: compact, with `<`, `>`, `&`, U+2028 and U+2029
+/// escaped. Those characters can only occur inside strings in `serde_json`'s output, where
+/// the escape denotes the same character.
+fn go_json<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
+    let json = serde_json::to_string(value)?;
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    Ok(out.into_bytes())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks.
+
+fn require_role(kp: &KeyPair, role: Role, what: &'static str) -> Result<(), Error> {
+    let actual = kp.key_pair_type();
+    if actual == role.key_type() {
+        Ok(())
+    } else {
+        Err(Error::WrongRole {
+            what,
+            expected: role,
+            actual: format!("{actual:?}").to_lowercase(),
+        })
+    }
+}
+
+fn require_public(key: &str, role: Role, what: &'static str) -> Result<(), Error> {
+    require_role(&KeyPair::from_public_key(key)?, role, what)
+}
+
+/// The checks the Go library applies to permission subjects.
+fn validate_subject(subject: &str, queue_allowed: bool) -> Result<(), Error> {
+    let invalid = |reason| Error::InvalidSubject {
+        subject: subject.to_string(),
+        reason,
+    };
+    let tokens: Vec<&str> = subject.split(' ').collect();
+    match tokens.len() {
+        1 => {}
+        2 if queue_allowed => {}
+        2 => return Err(invalid("a publish permission cannot name a queue group")),
+        _ => return Err(invalid("too many spaces")),
+    }
+    for token in tokens {
+        if token.is_empty() {
+            return Err(invalid("empty subject"));
+        }
+        if token.starts_with('.') || token.ends_with('.') {
+            return Err(invalid("starts or ends with '.'"));
+        }
+        if token.contains("..") {
+            return Err(invalid("contains consecutive '.'"));
+        }
+        if token.chars().any(char::is_whitespace) {
+            return Err(invalid("contains whitespace"));
+        }
+    }
+    Ok(())
+}
+
+fn split_jwt(jwt: &str) -> Result<(&str, &str, &str), Error> {
+    let mut parts = jwt.split('.');
+    let (Some(header), Some(claims), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Error::Malformed("expected three '.'-separated parts"));
+    };
+    let b64url = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if !(b64url(header) && b64url(claims) && b64url(signature)) {
+        return Err(Error::Malformed("parts must be unpadded base64url"));
+    }
+    Ok((header, claims, signature))
+}
+
+fn decode_b64(part: &str) -> Result<Vec<u8>, Error> {
+    BASE64URL_NOPAD
+        .decode(part.as_bytes())
+        .map_err(|_| Error::Malformed("invalid base64url"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IAT: i64 = 1_700_000_000;
+
+    fn fixed_key(role: Role, byte: u8) -> KeyPair {
+        KeyPair::new_from_raw(role.key_type(), [byte; 32]).unwrap()
+    }
+
+    fn parts(jwt: &str) -> (String, serde_json::Value) {
+        let (h, c, _) = split_jwt(jwt).unwrap();
+        let header = String::from_utf8(decode_b64(h).unwrap()).unwrap();
+        let claims = serde_json::from_slice(&decode_b64(c).unwrap()).unwrap();
+        (header, claims)
+    }
+
+    fn claims_text(jwt: &str) -> String {
+        let (_, c, _) = split_jwt(jwt).unwrap();
+        String::from_utf8(decode_b64(c).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn generated_keys_have_their_role_and_round_trip_through_seeds() {
+        for (role, public_prefix, seed_prefix) in [
+            (Role::Operator, "O", "SO"),
+            (Role::Account, "A", "SA"),
+            (Role::User, "U", "SU"),
+        ] {
+            let kp = generate_key(role);
+            assert!(kp.public_key().starts_with(public_prefix));
+            let s = seed(&kp).unwrap();
+            assert!(s.starts_with(seed_prefix), "{s}");
+            assert_eq!(
+                key_from_seed(role, &s).unwrap().public_key(),
+                kp.public_key()
+            );
+        }
+        let account_seed = seed(&generate_key(Role::Account)).unwrap();
+        assert!(matches!(
+            key_from_seed(Role::User, &account_seed),
+            Err(Error::WrongRole {
+                expected: Role::User,
+                ..
+            })
+        ));
+        let public_only = KeyPair::from_public_key(&generate_key(Role::User).public_key()).unwrap();
+        assert!(seed(&public_only).is_err());
+    }
+
+    #[test]
+    fn tokens_have_the_nats_header_and_verify_against_their_issuer() {
+        let operator = generate_key(Role::Operator);
+        let sys = generate_key(Role::Account);
+        let jwt = operator_jwt(&operator, "op", &sys.public_key(), IAT).unwrap();
+        let (header, claims) = parts(&jwt);
+        assert_eq!(header, r#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+        assert!(!jwt.contains('='), "no padding: {jwt}");
+        assert_eq!(decode_verified(&jwt).unwrap(), claims);
+
+        // The signature covers `<header>.<claims>` with the issuer's key.
+        let (h, c, s) = split_jwt(&jwt).unwrap();
+        let sig = decode_b64(s).unwrap();
+        operator
+            .verify(format!("{h}.{c}").as_bytes(), &sig)
+            .unwrap();
+        assert!(sys.verify(format!("{h}.{c}").as_bytes(), &sig).is_err());
+
+        // Any change to the claims breaks the signature.
+        let mut tampered = claims.clone();
+        tampered["name"] = "other".into();
+        let forged = format!(
+            "{h}.{}.{s}",
+            BASE64URL_NOPAD.encode(tampered.to_string().as_bytes())
+        );
+        assert!(matches!(decode_verified(&forged), Err(Error::BadSignature)));
+        assert!(matches!(decode_verified("a.b"), Err(Error::Malformed(_))));
+    }
+
+    #[test]
+    fn operator_claims_are_self_signed_and_name_the_system_account() {
+        let operator = fixed_key(Role::Operator, 1);
+        let sys = fixed_key(Role::Account, 2);
+        let jwt = operator_jwt(&operator, "conveyor", &sys.public_key(), IAT).unwrap();
+        let (_, claims) = parts(&jwt);
+        assert_eq!(claims["iss"], operator.public_key());
+        assert_eq!(claims["sub"], operator.public_key());
+        assert_eq!(claims["iat"], IAT);
+        assert_eq!(claims["name"], "conveyor");
+        assert_eq!(
+            claims["nats"],
+            serde_json::json!({
+                "system_account": sys.public_key(),
+                "type": "operator",
+                "version": 2,
+            })
+        );
+        // Deterministic for fixed keys and issue time (ed25519 signatures are).
+        assert_eq!(
+            jwt,
+            operator_jwt(&operator, "conveyor", &sys.public_key(), IAT).unwrap()
+        );
+    }
+
+    #[test]
+    fn jti_is_base32_sha512_256_of_the_standard_claims() {
+        let operator = fixed_key(Role::Operator, 1);
+        let account = fixed_key(Role::Account, 3);
+        let name = "a <&> b";
+        let jwt = account_jwt(
+            &operator,
+            &account.public_key(),
+            name,
+            AccountLimits::default(),
+            IAT,
+        )
+        .unwrap();
+        let (_, claims) = parts(&jwt);
+        // Go's encoding/json escapes <, > and & even inside strings.
+        let standard = format!(
+            r#"{{"iat":{IAT},"iss":"{}","name":"a \u003c\u0026\u003e b","sub":"{}"}}"#,
+            operator.public_key(),
+            account.public_key()
+        );
+        let expected = BASE32_NOPAD.encode(&Sha512_256::digest(standard.as_bytes()));
+        assert_eq!(claims["jti"], expected);
+        assert_eq!(expected.len(), 52);
+        assert_eq!(claims["name"], name);
+    }
+
+    #[test]
+    fn account_claims_match_the_go_library_layout() {
+        let operator = fixed_key(Role::Operator, 1);
+        let account = fixed_key(Role::Account, 3);
+        let with_js = account_jwt(
+            &operator,
+            &account.public_key(),
+            "app",
+            AccountLimits::with_unlimited_jetstream(),
+            IAT,
+        )
+        .unwrap();
+        let text = claims_text(&with_js);
+        let nats = &text[text.find(r#""nats":"#).unwrap()..];
+        assert_eq!(
+            nats,
+            r#""nats":{"limits":{"subs":-1,"data":-1,"payload":-1,"imports":-1,"exports":-1,"wildcards":true,"conn":-1,"leaf":-1,"mem_storage":-1,"disk_storage":-1,"streams":-1,"consumer":-1},"default_permissions":{"pub":{},"sub":{}},"authorization":{},"type":"account","version":2}}"#
+        );
+        let (_, claims) = parts(&with_js);
+        assert_eq!(claims["iss"], operator.public_key());
+        assert_eq!(claims["sub"], account.public_key());
+        assert!(text.starts_with(r#"{"jti":""#), "{text}");
+
+        let without_js = account_jwt(
+            &operator,
+            &account.public_key(),
+            "SYS",
+            AccountLimits::without_jetstream(),
+            IAT,
+        )
+        .unwrap();
+        let limits = &parts(&without_js).1["nats"]["limits"];
+        for key in ["mem_storage", "disk_storage", "streams", "consumer"] {
+            assert!(limits.get(key).is_none(), "{key} in {limits}");
+        }
+        assert_eq!(limits["conn"], -1);
+    }
+
+    #[test]
+    fn account_jwt_checks_keys_and_limits() {
+        let operator = generate_key(Role::Operator);
+        let account = generate_key(Role::Account);
+        let user = generate_key(Role::User);
+        let limits = AccountLimits::default();
+        assert!(matches!(
+            account_jwt(&account, &account.public_key(), "a", limits, IAT),
+            Err(Error::WrongRole {
+                expected: Role::Operator,
+                ..
+            })
+        ));
+        assert!(matches!(
+            account_jwt(&operator, &user.public_key(), "a", limits, IAT),
+            Err(Error::WrongRole {
+                expected: Role::Account,
+                ..
+            })
+        ));
+        assert!(matches!(
+            account_jwt(&operator, "not-a-key", "a", limits, IAT),
+            Err(Error::Nkey(_))
+        ));
+        let disabled = AccountLimits {
+            jetstream: Some(JetStreamLimits {
+                mem_storage: 0,
+                disk_storage: 0,
+                ..JetStreamLimits::UNLIMITED
+            }),
+        };
+        assert!(matches!(
+            account_jwt(&operator, &account.public_key(), "a", disabled, IAT),
+            Err(Error::InvalidLimits(_))
+        ));
+        let negative = AccountLimits {
+            jetstream: Some(JetStreamLimits {
+                streams: -5,
+                ..JetStreamLimits::UNLIMITED
+            }),
+        };
+        assert!(matches!(
+            account_jwt(&operator, &account.public_key(), "a", negative, IAT),
+            Err(Error::InvalidLimits(_))
+        ));
+        // Operator keys without a seed cannot sign.
+        let public_only = KeyPair::from_public_key(&operator.public_key()).unwrap();
+        assert!(matches!(
+            account_jwt(&public_only, &account.public_key(), "a", limits, IAT),
+            Err(Error::Nkey(_))
+        ));
+        assert!(matches!(
+            operator_jwt(&operator, "op", &user.public_key(), IAT),
+            Err(Error::WrongRole { .. })
+        ));
+    }
+
+    #[test]
+    fn user_claims_carry_permissions_and_unlimited_limits() {
+        let account = fixed_key(Role::Account, 3);
+        let user = fixed_key(Role::User, 4);
+        let all = user_jwt(
+            &account,
+            &user.public_key(),
+            "u",
+            &Permissions::default(),
+            IAT,
+        )
+        .unwrap();
+        let text = claims_text(&all);
+        assert!(
+            text.ends_with(
+                r#""nats":{"pub":{},"sub":{},"subs":-1,"data":-1,"payload":-1,"type":"user","version":2}}"#
+            ),
+            "{text}"
+        );
+        let (_, claims) = parts(&all);
+        assert_eq!(claims["iss"], account.public_key());
+        assert_eq!(claims["sub"], user.public_key());
+
+        let restricted = Permissions {
+            publish_allow: vec!["orders.>".into()],
+            subscribe_allow: vec!["_INBOX.>".into(), "orders.* workers".into()],
+        };
+        let jwt = user_jwt(&account, &user.public_key(), "u", &restricted, IAT).unwrap();
+        let text = claims_text(&jwt);
+        assert!(
+            text.contains(
+                r#""nats":{"pub":{"allow":["orders.\u003e"]},"sub":{"allow":["_INBOX.\u003e","orders.* workers"]},"subs":-1"#
+            ),
+            "{text}"
+        );
+        let (_, claims) = parts(&jwt);
+        assert_eq!(
+            claims["nats"]["pub"]["allow"],
+            serde_json::json!(["orders.>"])
+        );
+    }
+
+    #[test]
+    fn user_jwt_rejects_bad_subjects_and_wrong_keys() {
+        let account = generate_key(Role::Account);
+        let user = generate_key(Role::User);
+        for (publish, subscribe) in [
+            (vec!["orders.* q".to_string()], vec![]),
+            (vec!["".to_string()], vec![]),
+            (vec![], vec!["a..b".to_string()]),
+            (vec![], vec![".a".to_string()]),
+            (vec![], vec!["a b c".to_string()]),
+        ] {
+            let permissions = Permissions {
+                publish_allow: publish,
+                subscribe_allow: subscribe,
+            };
+            let result = user_jwt(&account, &user.public_key(), "u", &permissions, IAT);
+            assert!(
+                matches!(result, Err(Error::InvalidSubject { .. })),
+                "{permissions:?}: {result:?}"
+            );
+        }
+        let operator = generate_key(Role::Operator);
+        assert!(matches!(
+            user_jwt(
+                &operator,
+                &user.public_key(),
+                "u",
+                &Permissions::default(),
+                IAT
+            ),
+            Err(Error::WrongRole {
+                expected: Role::Account,
+                ..
+            })
+        ));
+        assert!(matches!(
+            user_jwt(
+                &account,
+                &account.public_key(),
+                "u",
+                &Permissions::default(),
+                IAT
+            ),
+            Err(Error::WrongRole {
+                expected: Role::User,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn creds_file_has_the_standard_layout() {
+        let account = generate_key(Role::Account);
+        let user = generate_key(Role::User);
+        let jwt = user_jwt(
+            &account,
+            &user.public_key(),
+            "u",
+            &Permissions::default(),
+            IAT,
+        )
+        .unwrap();
+        let user_seed = seed(&user).unwrap();
+        let creds = creds_file(&jwt, &user_seed).unwrap();
+        let lines: Vec<&str> = creds.lines().collect();
+        assert_eq!(lines[0], "-----BEGIN NATS USER JWT-----");
+        assert_eq!(lines[1], jwt);
+        assert_eq!(lines[2], "------END NATS USER JWT------");
+        assert_eq!(lines[3], "");
+        assert!(lines.contains(&"-----BEGIN USER NKEY SEED-----"));
+        let at = lines
+            .iter()
+            .position(|l| *l == "-----BEGIN USER NKEY SEED-----")
+            .unwrap();
+        assert_eq!(lines[at + 1], user_seed);
+        assert_eq!(lines[at + 2], "------END USER NKEY SEED------");
+        assert!(creds.ends_with("*************************************************************\n"));
+
+        // Only user seeds, and only JWT-shaped tokens.
+        let account_seed = seed(&account).unwrap();
+        assert!(matches!(
+            creds_file(&jwt, &account_seed),
+            Err(Error::WrongRole { .. })
+        ));
+        assert!(matches!(
+            creds_file("not a jwt", &user_seed),
+            Err(Error::Malformed(_))
+        ));
+    }
+}
