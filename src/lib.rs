@@ -4,6 +4,7 @@
 pub mod api;
 pub mod controller;
 pub mod crdgen;
+pub mod engine;
 pub mod leader;
 pub mod metrics;
 pub mod operator;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use conveyor::controller::Config;
+use conveyor::engine::destinations::{DEFAULT_ALLOWED, Destinations};
 use conveyor::leader::LeaseConfig;
 use conveyor::operator::{RunConfig, run};
 use conveyor::telemetry::{self, LogFormat};
@@ -69,6 +70,18 @@ struct RunArgs {
     /// Identity in the Lease; the pod name in a cluster. Defaults to the host name and pid.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Destinations external Brokers may point at: IP ranges (`10.0.0.0/8`), host names and
+    /// `*.suffix` patterns, comma separated. Loopback must be listed to be reachable.
+    #[arg(
+        long,
+        env = "CONVEYOR_ALLOWED_BROKER_DESTINATIONS",
+        value_delimiter = ',',
+        default_values = DEFAULT_ALLOWED
+    )]
+    allowed_broker_destinations: Vec<String>,
+    /// The namespace the operator runs in; its pods are let through managed brokers' NetworkPolicies.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "conveyor-system")]
+    operator_namespace: String,
     /// Seconds between reconciliations of an unchanged object.
     #[arg(long, env = "CONVEYOR_RESYNC_SECONDS", default_value_t = 300)]
     resync_seconds: u64,
@@ -101,6 +114,8 @@ fn write_crds(out: Option<PathBuf>) -> Result<(), String> {
 
 async fn run_operator(args: RunArgs) -> Result<(), String> {
     telemetry::init(args.log_format, &args.log);
+    let destinations = Destinations::parse(&args.allowed_broker_destinations)
+        .map_err(|e| format!("--allowed-broker-destinations: {e}"))?;
     let client = kube::Client::try_default()
         .await
         .map_err(|e| format!("connecting to Kubernetes: {e}"))?;
@@ -119,6 +134,8 @@ async fn run_operator(args: RunArgs) -> Result<(), String> {
                 .collect(),
             resync: Duration::from_secs(args.resync_seconds.max(1)),
             instance: args.identity,
+            destinations,
+            operator_namespace: args.operator_namespace,
         },
         lease,
         probe_addr: args.probe_addr,

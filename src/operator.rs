@@ -12,6 +12,7 @@ use kube::api::{Api, ListParams};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{Broker, EventSubscription, Queue, Topic};
+use crate::controller::broker;
 use crate::controller::driver::{self, Reconcile};
 use crate::controller::{Config, Context};
 use crate::leader::{Elector, LeaseConfig};
@@ -92,6 +93,11 @@ pub async fn run(client: Client, cfg: RunConfig) -> Result<(), RunError> {
         cfg.controller.clone(),
         metrics.clone(),
     ));
+    let janitor = tokio::spawn(broker::drop_stale_connections(
+        ctx.clone(),
+        namespaces.clone(),
+        Duration::from_secs(60),
+    ));
     let controllers = run_controllers(ctx, namespaces, &shutdown, &readiness);
 
     let lost = match elector.as_mut() {
@@ -105,6 +111,7 @@ pub async fn run(client: Client, cfg: RunConfig) -> Result<(), RunError> {
         }
     };
     metrics.leader.set(0);
+    janitor.abort();
     if lost {
         shutdown.cancel();
         return Err(RunError::LeadershipLost);

@@ -3,102 +3,13 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use conveyor::api::Queue;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, PostParams};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const LEASE: &str = "conveyor-test-leader";
-
-/// A `conveyor run` child process, killed when dropped; its log is printed if the test fails.
-struct Operator {
-    child: Child,
-    port: u16,
-    identity: String,
-    log: tempfile::NamedTempFile,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-impl Operator {
-    fn start(plane: &common::Plane, ns: &str, identity: &str) -> Self {
-        let port = free_port();
-        let log = tempfile::NamedTempFile::new().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_conveyor"))
-            .args(["run", "--probe-addr", &format!("127.0.0.1:{port}"), "--namespaces", ns])
-            .args(["--lease-namespace", ns, "--lease-name", LEASE, "--lease-duration-seconds", "3"])
-            .args(["--identity", identity, "--resync-seconds", "60"])
-            .env("KUBECONFIG", &plane.kubeconfig)
-            .env("CONVEYOR_LOG", "info,conveyor=debug")
-            .stdout(Stdio::null())
-            .stderr(log.reopen().unwrap())
-            .spawn()
-            .expect("starting conveyor run");
-        Self { child, port, identity: identity.into(), log }
-    }
-
-    /// A plain HTTP GET on the probe server: (status code, body).
-    async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.ok()?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.ok()?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).await.ok()?;
-        let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-        let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        Some((code, body))
-    }
-
-    async fn wait_ready(&self) {
-        common::wait_for(&format!("{} to answer /readyz with 200", self.identity), Duration::from_secs(60), || async {
-            matches!(self.get("/readyz").await, Some((200, _))).then_some(())
-        })
-        .await;
-    }
-
-    /// The value of an unlabelled metric, or the sum of a labelled family whose labels contain `filter`.
-    async fn metric(&self, name: &str, filter: &str) -> f64 {
-        let (_, body) = self.get("/metrics").await.expect("metrics");
-        body.lines()
-            .filter(|l| l.starts_with(name) && !l.starts_with('#') && l.contains(filter))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-
-    fn signal(&self, sig: &str) {
-        let status = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap();
-        assert!(status.success(), "kill {sig} failed");
-    }
-
-    /// Waits up to `timeout` for the process to exit; returns its exit status.
-    fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let mut text = String::new();
-            let _ = self.log.reopen().and_then(|mut f| f.read_to_string(&mut text));
-            eprintln!("===== log of operator {} =====\n{text}", self.identity);
-        }
-    }
-}
+use common::operator::{LEASE, Operator};
 
 async fn holder(api: &Api<Lease>) -> Option<String> {
     api.get_opt(LEASE).await.ok()??.spec?.holder_identity
@@ -115,11 +26,19 @@ fn queue(name: &str) -> Queue {
 
 /// Waits until the operator has written the Queue's status (it reports the missing Broker).
 async fn wait_reconciled(api: &Api<Queue>, name: &str) {
-    common::wait_for(&format!("Queue {name} to get a status"), Duration::from_secs(30), || async {
-        let q = api.get(name).await.ok()?;
-        let c = q.status?.conditions.into_iter().find(|c| c.type_ == "ResolvedRefs")?;
-        (c.reason == "BrokerNotFound").then_some(())
-    })
+    common::wait_for(
+        &format!("Queue {name} to get a status"),
+        Duration::from_secs(30),
+        || async {
+            let q = api.get(name).await.ok()?;
+            let c = q
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "ResolvedRefs")?;
+            (c.reason == "BrokerNotFound").then_some(())
+        },
+    )
     .await;
 }
 
@@ -133,17 +52,30 @@ async fn operator_becomes_ready_serves_metrics_and_exits_cleanly_on_sigterm() {
     assert_eq!(op.metric("conveyor_leader", "").await, 1.0);
 
     let queues: Api<Queue> = Api::namespaced(plane.client.clone(), &ns.name);
-    queues.create(&PostParams::default(), &queue("work")).await.unwrap();
+    queues
+        .create(&PostParams::default(), &queue("work"))
+        .await
+        .unwrap();
     wait_reconciled(&queues, "work").await;
-    assert!(op.metric("conveyor_reconciliations_total", "kind=\"Queue\"").await >= 1.0);
+    assert!(
+        op.metric("conveyor_reconciliations_total", "kind=\"Queue\"")
+            .await
+            >= 1.0
+    );
 
     let started = Instant::now();
     op.signal("-TERM");
-    let status = op.wait_exit(Duration::from_secs(10)).expect("the operator exits within 10 s of SIGTERM");
+    let status = op
+        .wait_exit(Duration::from_secs(10))
+        .expect("the operator exits within 10 s of SIGTERM");
     assert!(status.success(), "exit status {status:?}");
     eprintln!("operator exited {:?} after SIGTERM", started.elapsed());
     let leases: Api<Lease> = Api::namespaced(plane.client.clone(), &ns.name);
-    assert_eq!(holder(&leases).await, None, "the lease is released on shutdown");
+    assert_eq!(
+        holder(&leases).await,
+        None,
+        "the lease is released on shutdown"
+    );
 }
 
 #[tokio::test]
@@ -155,28 +87,48 @@ async fn exactly_one_of_two_operators_reconciles_and_the_standby_takes_over() {
     a.wait_ready().await;
     b.wait_ready().await;
     let leases: Api<Lease> = Api::namespaced(plane.client.clone(), &ns.name);
-    let first = common::wait_for("a lease holder", Duration::from_secs(30), || holder(&leases)).await;
+    let first = common::wait_for("a lease holder", Duration::from_secs(30), || {
+        holder(&leases)
+    })
+    .await;
     let (mut leader, standby) = if first == a.identity { (a, b) } else { (b, a) };
     assert_eq!(first, leader.identity);
 
     let queues: Api<Queue> = Api::namespaced(plane.client.clone(), &ns.name);
-    queues.create(&PostParams::default(), &queue("before")).await.unwrap();
+    queues
+        .create(&PostParams::default(), &queue("before"))
+        .await
+        .unwrap();
     wait_reconciled(&queues, "before").await;
     assert_eq!(leader.metric("conveyor_leader", "").await, 1.0);
     assert_eq!(standby.metric("conveyor_leader", "").await, 0.0);
     assert!(leader.metric("conveyor_reconciliations_total", "").await >= 1.0);
-    assert_eq!(standby.metric("conveyor_reconciliations_total", "").await, 0.0, "the standby must not reconcile");
+    assert_eq!(
+        standby.metric("conveyor_reconciliations_total", "").await,
+        0.0,
+        "the standby must not reconcile"
+    );
 
     let killed = Instant::now();
     leader.signal("-KILL");
-    leader.wait_exit(Duration::from_secs(5)).expect("the killed leader exits");
+    leader
+        .wait_exit(Duration::from_secs(5))
+        .expect("the killed leader exits");
     let standby_id = standby.identity.clone();
-    common::wait_for("the standby to take the lease", Duration::from_secs(20), || async {
-        (holder(&leases).await.as_deref() == Some(standby_id.as_str())).then_some(())
-    })
+    common::wait_for(
+        "the standby to take the lease",
+        Duration::from_secs(20),
+        || async { (holder(&leases).await.as_deref() == Some(standby_id.as_str())).then_some(()) },
+    )
     .await;
-    eprintln!("the standby took over {:?} after the leader was killed (lease duration 3 s)", killed.elapsed());
-    queues.create(&PostParams::default(), &queue("after")).await.unwrap();
+    eprintln!(
+        "the standby took over {:?} after the leader was killed (lease duration 3 s)",
+        killed.elapsed()
+    );
+    queues
+        .create(&PostParams::default(), &queue("after"))
+        .await
+        .unwrap();
     wait_reconciled(&queues, "after").await;
     assert_eq!(standby.metric("conveyor_leader", "").await, 1.0);
 }

@@ -16,6 +16,10 @@ pub enum ConditionType {
     ResolvedRefs,
     /// The broker answers.
     Reachable,
+    /// A change of the spec is being rolled out.
+    Progressing,
+    /// The broker runs with fewer healthy servers than it should.
+    Degraded,
 }
 
 impl ConditionType {
@@ -25,6 +29,8 @@ impl ConditionType {
             Self::Ready => "Ready",
             Self::ResolvedRefs => "ResolvedRefs",
             Self::Reachable => "Reachable",
+            Self::Progressing => "Progressing",
+            Self::Degraded => "Degraded",
         }
     }
 }
@@ -56,6 +62,28 @@ pub enum Reason {
     NotSupported,
     /// A reference could not be resolved for a reason other than the above.
     ResolutionFailed,
+    /// The broker answered.
+    Connected,
+    /// The broker did not answer.
+    Unreachable,
+    /// The broker answers but without JetStream.
+    JetStreamDisabled,
+    /// An external Broker points outside the destinations the operator may reach.
+    DestinationNotAllowed,
+    /// Every server is ready and up to date.
+    Available,
+    /// Some servers are not ready yet.
+    NotAvailable,
+    /// Servers are being updated or added.
+    RollingUpdate,
+    /// Every server runs the current spec.
+    Complete,
+    /// A scale-down was refused because streams could lose replicas.
+    ScaleDownRefused,
+    /// Every server is ready.
+    AllServersReady,
+    /// Some servers that should be ready are not.
+    ServersNotReady,
 }
 
 impl Reason {
@@ -74,6 +102,17 @@ impl Reason {
             Self::SourceNotReady => "SourceNotReady",
             Self::NotSupported => "NotSupported",
             Self::ResolutionFailed => "ResolutionFailed",
+            Self::Connected => "Connected",
+            Self::Unreachable => "Unreachable",
+            Self::JetStreamDisabled => "JetStreamDisabled",
+            Self::DestinationNotAllowed => "DestinationNotAllowed",
+            Self::Available => "Available",
+            Self::NotAvailable => "NotAvailable",
+            Self::RollingUpdate => "RollingUpdate",
+            Self::Complete => "Complete",
+            Self::ScaleDownRefused => "ScaleDownRefused",
+            Self::AllServersReady => "AllServersReady",
+            Self::ServersNotReady => "ServersNotReady",
         }
     }
 }

@@ -8,6 +8,8 @@ use std::time::Duration;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 
+use crate::engine::destinations::Destinations;
+use crate::engine::nats::connection::Connections;
 use crate::metrics::Metrics;
 
 /// The field manager of every server-side apply Conveyor makes.
@@ -22,6 +24,10 @@ pub struct Config {
     pub resync: Duration,
     /// This process's name in Events (the pod name in a cluster).
     pub instance: Option<String>,
+    /// Where external Brokers may point.
+    pub destinations: Destinations,
+    /// The namespace the operator runs in; its pods may reach managed brokers.
+    pub operator_namespace: String,
 }
 
 /// Shared state of the reconcilers.
@@ -30,6 +36,8 @@ pub struct Context {
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
+    /// One connection per Broker, shared by every reconciler.
+    pub connections: Connections,
     backoff: Mutex<HashMap<String, u32>>,
 }
 
@@ -45,6 +53,7 @@ impl Context {
             config,
             metrics,
             recorder,
+            connections: Connections::default(),
             backoff: Mutex::default(),
         }
     }

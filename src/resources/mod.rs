@@ -1,3 +1,6 @@
 //! Pure builders of the names and objects Conveyor owns. No IO.
 
+pub mod labels;
 pub mod names;
+pub mod nats;
+pub mod quantity;

@@ -7,8 +7,12 @@
 //! failure (the test command and CI set it).
 #![allow(dead_code)]
 
+pub mod nats;
+pub mod operator;
+
 use std::collections::HashMap;
 use std::future::Future;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -57,6 +61,27 @@ fn setting(file: &HashMap<String, String>, name: &str) -> Option<String> {
         .or_else(|| file.get(name).cloned())
 }
 
+/// A binary of the test plane (`nats-server`, `kubectl`...), from `CONVEYOR_TESTBIN`.
+pub fn testbin(name: &str) -> Option<PathBuf> {
+    let dir = setting(&env_file(), "CONVEYOR_TESTBIN")?;
+    Some(PathBuf::from(dir).join(name)).filter(|p| p.is_file())
+}
+
+/// Prints the one line that says a test skipped and how to run it, or fails when
+/// `CONVEYOR_REQUIRE_CLUSTER=1`.
+pub fn skip(why: &str) {
+    if std::env::var("CONVEYOR_REQUIRE_CLUSTER").is_ok_and(|v| v == "1") {
+        panic!("CONVEYOR_REQUIRE_CLUSTER=1 but {why}");
+    }
+    // Written to the stderr handle, not with eprintln!, so that the test harness does not
+    // capture it and the skip is visible in every run.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {}: {why}",
+        std::thread::current().name().unwrap_or("test")
+    );
+}
+
 /// The local plane, or `None` (after printing why) when it is not running.
 pub async fn plane() -> Option<Plane> {
     let file = env_file();
@@ -69,12 +94,7 @@ pub async fn plane() -> Option<Plane> {
         None
     };
     let (Some(kubeconfig), Some(nats_url)) = (kubeconfig, nats_url) else {
-        let msg =
-            "no local test plane: run `hack/cluster.sh up` (or `hack/test.sh`, which starts it)";
-        if std::env::var("CONVEYOR_REQUIRE_CLUSTER").is_ok_and(|v| v == "1") {
-            panic!("CONVEYOR_REQUIRE_CLUSTER=1 but {msg}");
-        }
-        eprintln!("SKIPPED: {msg}");
+        skip("no local test plane: run `hack/cluster.sh up` (or `hack/test.sh`, which starts it)");
         return None;
     };
     let kubeconfig = PathBuf::from(kubeconfig);
@@ -231,6 +251,27 @@ impl Drop for TestNamespace {
             "--wait=false",
             "--ignore-not-found",
         ]);
+        // The test's operator is usually stopped by now, so nobody would remove the finalizers
+        // of its objects and the namespace would stay Terminating: remove them here.
+        let objects = self.kubectl(&[
+            "get",
+            "brokers,queues,topics,eventsubscriptions",
+            "-n",
+            &self.name,
+            "-o",
+            "name",
+        ]);
+        for object in objects.lines().filter(|l| l.contains(".conveyor.dev/")) {
+            self.kubectl(&[
+                "patch",
+                object,
+                "-n",
+                &self.name,
+                "--type=merge",
+                "-p",
+                r#"{"metadata":{"finalizers":null}}"#,
+            ]);
+        }
     }
 }
 
@@ -264,15 +305,29 @@ pub async fn install_crds(plane: &Plane) {
         let text = std::fs::read_to_string(&path).expect("reading a CRD");
         let crd: CustomResourceDefinition = serde_saphyr::from_str(&text).expect("parsing a CRD");
         let name = crd.metadata.name.clone().expect("CRD name");
-        api.patch(&name, &PatchParams::apply("conveyor-test").force(), &Patch::Apply(&crd)).await.expect("applying a CRD");
+        api.patch(
+            &name,
+            &PatchParams::apply("conveyor-test").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .expect("applying a CRD");
         names.push(name);
     }
     for name in names {
-        wait_for(&format!("CRD {name} to be Established"), Duration::from_secs(30), || async {
-            let crd = api.get(&name).await.ok()?;
-            let established = crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
-            established.then_some(())
-        })
+        wait_for(
+            &format!("CRD {name} to be Established"),
+            Duration::from_secs(30),
+            || async {
+                let crd = api.get(&name).await.ok()?;
+                let established = crd
+                    .status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                established.then_some(())
+            },
+        )
         .await;
     }
 }

@@ -1,0 +1,224 @@
+//! Which destinations the operator may connect to on behalf of an external Broker.
+//!
+//! A namespace tenant writes an external Broker's URLs, so without a limit the operator could
+//! be made to connect anywhere its network reaches (cloud metadata endpoints, the API server,
+//! other tenants' services). The operator therefore connects only to destinations that its
+//! administrator allows: host-name patterns (`*.svc`, `nats.example.com`) and IP ranges
+//! (`10.0.0.0/8`). A host name that matches no pattern is allowed only if every address it
+//! resolves to lies in an allowed range.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+/// The default destinations: in-cluster Services and the private IPv4 ranges. Loopback, link-local
+/// (cloud metadata) and public addresses must be allowed explicitly.
+pub const DEFAULT_ALLOWED: &[&str] = &[
+    "*.svc",
+    "*.svc.cluster.local",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+];
+
+/// The parsed allow-list.
+#[derive(Clone, Debug, Default)]
+pub struct Destinations {
+    nets: Vec<IpNet>,
+    hosts: Vec<String>,
+}
+
+/// Why a destination was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("{0} is not a valid broker URL (expected nats://host:port or tls://host:port)")]
+    BadUrl(String),
+    #[error(
+        "{host} is not an allowed broker destination (allowed: {allowed}); the operator's administrator sets --allowed-broker-destinations"
+    )]
+    NotAllowed { host: String, allowed: String },
+}
+
+impl Destinations {
+    /// Parses entries: an IP, a CIDR, a host name or a `*.suffix` pattern.
+    pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self, String> {
+        let mut d = Self::default();
+        for e in entries
+            .iter()
+            .map(|e| e.as_ref().trim())
+            .filter(|e| !e.is_empty())
+        {
+            if let Ok(net) = e.parse::<IpNet>() {
+                d.nets.push(net);
+            } else if let Ok(ip) = e.parse::<IpAddr>() {
+                d.nets.push(IpNet::from(ip));
+            } else if e
+                .trim_start_matches("*.")
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+            {
+                d.hosts.push(e.to_ascii_lowercase());
+            } else {
+                return Err(format!(
+                    "{e:?} is neither an IP range nor a host name pattern"
+                ));
+            }
+        }
+        Ok(d)
+    }
+
+    fn describe(&self) -> String {
+        let mut all: Vec<String> = self.hosts.clone();
+        all.extend(self.nets.iter().map(ToString::to_string));
+        if all.is_empty() {
+            "nothing".into()
+        } else {
+            all.join(", ")
+        }
+    }
+
+    fn host_matches(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        self.hosts.iter().any(|p| match p.strip_prefix("*.") {
+            Some(suffix) => host.ends_with(&format!(".{suffix}")),
+            None => *p == host,
+        })
+    }
+
+    fn ip_allowed(&self, ip: IpAddr) -> bool {
+        self.nets.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Checks one URL. `resolve` looks up the addresses of a host name that no pattern matches.
+    pub fn check(
+        &self,
+        url: &str,
+        resolve: impl Fn(&str, u16) -> Vec<IpAddr>,
+    ) -> Result<(), Refused> {
+        let (host, port) = host_port(url).ok_or_else(|| Refused::BadUrl(url.to_string()))?;
+        let refused = || Refused::NotAllowed {
+            host: host.to_string(),
+            allowed: self.describe(),
+        };
+        if let Ok(ip) = host
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<IpAddr>()
+        {
+            return if self.ip_allowed(ip) {
+                Ok(())
+            } else {
+                Err(refused())
+            };
+        }
+        if self.host_matches(host) {
+            return Ok(());
+        }
+        let ips = resolve(host, port);
+        if !ips.is_empty() && ips.iter().all(|ip| self.ip_allowed(*ip)) {
+            Ok(())
+        } else {
+            Err(refused())
+        }
+    }
+}
+
+/// The host and port of `nats://host:port` or `tls://host:port` (port 4222 when left out).
+pub fn host_port(url: &str) -> Option<(&str, u16)> {
+    let rest = url
+        .strip_prefix("nats://")
+        .or_else(|| url.strip_prefix("tls://"))?;
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    if rest.is_empty() || rest.contains('/') {
+        return None;
+    }
+    match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(':') && !h.is_empty() => Some((h, p.parse().ok()?)),
+        _ => Some((rest, 4222)),
+    }
+}
+
+/// Resolves with the system resolver (blocking; call from a blocking context or accept a
+/// short stall: it runs only for host names no pattern matches).
+pub fn system_resolve(host: &str, port: u16) -> Vec<IpAddr> {
+    use std::net::ToSocketAddrs;
+    (host, port)
+        .to_socket_addrs()
+        .map(|a| a.map(|s| s.ip()).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_dns(_: &str, _: u16) -> Vec<IpAddr> {
+        Vec::new()
+    }
+
+    #[test]
+    fn defaults_allow_cluster_services_and_private_ranges_only() {
+        let d = Destinations::parse(DEFAULT_ALLOWED).unwrap();
+        assert!(d.check("nats://events-nats.shop.svc:4222", no_dns).is_ok());
+        assert!(
+            d.check("nats://events-nats.shop.svc.cluster.local", no_dns)
+                .is_ok()
+        );
+        assert!(d.check("nats://10.1.2.3:4222", no_dns).is_ok());
+        assert!(d.check("tls://192.168.1.10:4222", no_dns).is_ok());
+        for denied in [
+            "nats://127.0.0.1:4222",
+            "nats://169.254.169.254:80",
+            "nats://8.8.8.8:4222",
+            "nats://[::1]:4222",
+        ] {
+            assert!(
+                matches!(d.check(denied, no_dns), Err(Refused::NotAllowed { .. })),
+                "{denied}"
+            );
+        }
+    }
+
+    #[test]
+    fn unmatched_names_are_judged_by_what_they_resolve_to() {
+        let d = Destinations::parse(DEFAULT_ALLOWED).unwrap();
+        let to_metadata = |_: &str, _: u16| vec!["169.254.169.254".parse().unwrap()];
+        let to_private = |_: &str, _: u16| vec!["10.0.0.7".parse().unwrap()];
+        assert!(
+            d.check("nats://evil.example.com:4222", to_metadata)
+                .is_err()
+        );
+        assert!(d.check("nats://nats.internal:4222", to_private).is_ok());
+        assert!(
+            d.check("nats://unknown.example.com:4222", no_dns).is_err(),
+            "unresolvable names are refused"
+        );
+    }
+
+    #[test]
+    fn loopback_must_be_allowed_explicitly() {
+        let d = Destinations::parse(&["127.0.0.1/32"]).unwrap();
+        assert!(d.check("nats://127.0.0.1:4222", no_dns).is_ok());
+        assert!(d.check("nats://127.0.0.2:4222", no_dns).is_err());
+        assert!(d.check("nats://user:pass@127.0.0.1:4222", no_dns).is_ok());
+    }
+
+    #[test]
+    fn suffix_patterns_do_not_match_lookalikes() {
+        let d = Destinations::parse(&["*.svc"]).unwrap();
+        assert!(d.check("nats://a.svc", no_dns).is_ok());
+        assert!(d.check("nats://asvc", no_dns).is_err());
+        assert!(d.check("nats://a.svc.evil.com", no_dns).is_err());
+    }
+
+    #[test]
+    fn malformed_entries_and_urls_are_reported() {
+        assert!(Destinations::parse(&["not a host!"]).is_err());
+        let d = Destinations::parse(DEFAULT_ALLOWED).unwrap();
+        assert!(matches!(
+            d.check("http://10.0.0.1", no_dns),
+            Err(Refused::BadUrl(_))
+        ));
+        assert_eq!(host_port("nats://h:5222"), Some(("h", 5222)));
+        assert_eq!(host_port("tls://h"), Some(("h", 4222)));
+    }
+}

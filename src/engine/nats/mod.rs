@@ -1,0 +1,4 @@
+//! The NATS JetStream engine.
+
+pub mod connection;
+pub mod jwt;
