@@ -142,6 +142,37 @@ EOF
   done
 }
 
+# A default StorageClass without a provisioner, and volumes for it, so that the claims of
+# managed brokers bind and their pods get scheduled (kwok never mounts them).
+storage_manifest() {
+  cat <<EOF
+---
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: standard
+  annotations: {storageclass.kubernetes.io/is-default-class: "true"}
+provisioner: kubernetes.io/no-provisioner
+volumeBindingMode: Immediate
+reclaimPolicy: Retain
+EOF
+  local i
+  for ((i = 0; i < 12; i++)); do
+    cat <<EOF
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: standard-$i}
+spec:
+  capacity: {storage: 10Gi}
+  accessModes: [ReadWriteOnce]
+  storageClassName: standard
+  persistentVolumeReclaimPolicy: Retain
+  hostPath: {path: /nonexistent/conveyor-plane/standard-$i}
+EOF
+  done
+}
+
 up() {
   if [[ -f $state/env ]] && alive kube-apiserver; then
     log "already up ($state/env)"
@@ -210,7 +241,8 @@ EOF
     --cidr=10.244.0.0/16 --node-ip=10.250.0.1 --server-address="127.0.0.1:$kwok_port"
 
   local kc=("$bin/kubectl" --kubeconfig="$state/admin.kubeconfig")
-  node_manifest | "${kc[@]}" apply -f - >/dev/null || fail kube-apiserver "creating the fake nodes"
+  { node_manifest; storage_manifest; } | "${kc[@]}" apply -f - >/dev/null ||
+    fail kube-apiserver "creating the fake nodes and volumes"
   wait_for kube-controller-manager 60 curl -fsSk "https://127.0.0.1:$kcm_port/healthz"
   wait_for kube-scheduler 60 curl -fsSk "https://127.0.0.1:$sched_port/healthz"
   wait_for kwok 90 "${kc[@]}" wait node --all --for=condition=Ready --timeout=1s

@@ -24,7 +24,9 @@ if [[ -f $pids/conveyor.pid ]] && kill -0 "$(<"$pids/conveyor.pid")" 2>/dev/null
   port=$(<"$CONVEYOR_CLUSTER_DIR/conveyor.port")
 else
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  # The operator runs outside the cluster here, so it may reach the plane's NATS on loopback.
   setsid "$bin" run --probe-addr "127.0.0.1:$port" --lease-namespace conveyor-system \
+    --allowed-broker-destinations 127.0.0.1/32 \
     >"$CONVEYOR_CLUSTER_DIR/logs/conveyor.log" 2>&1 </dev/null &
   echo $! >"$pids/conveyor.pid"
   echo "$bin" >"$pids/conveyor.exe"
@@ -42,13 +44,21 @@ curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null || {
 echo "demo: operator ready (probes and metrics on http://127.0.0.1:$port)"
 
 kubectl apply -f examples/order-processing.yaml
+sed "s|\${NATS_URL}|$CONVEYOR_TEST_NATS_URL|" examples/local-broker.yaml | kubectl apply -f -
+kubectl wait --for=condition=Ready -n shop-local broker/local --timeout=60s >/dev/null
+kubectl wait --for=condition=Ready -n shop broker/events --timeout=120s >/dev/null
 kubectl wait --for=jsonpath='{.status.observedGeneration}'=1 -n shop \
-  broker/events topic/orders eventsubscription/payment eventsubscription/inventory eventsubscription/shipping \
+  topic/orders eventsubscription/payment eventsubscription/inventory eventsubscription/shipping \
   --timeout=60s >/dev/null
 echo
 kubectl get conveyor -n shop -o wide
+echo
+kubectl get brokers -n shop-local -o wide
 cat <<MSG
 
+The managed Broker shop/events runs three NATS servers (kwok keeps their pods Ready without
+running them, so the operator cannot reach it: Reachable=False). shop-local/local is the
+plane's real nats-server, connected and Ready.
 The operator keeps running; its log is $CONVEYOR_CLUSTER_DIR/logs/conveyor.log.
   source .cluster/env; kubectl describe topic orders -n shop    # conditions in full
   hack/cluster.sh down                                            # stop everything
