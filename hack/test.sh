@@ -19,6 +19,16 @@ trap cleanup EXIT
 
 # shellcheck source=/dev/null
 source .cluster/env
+# An operator left running by hack/demo.sh watches every namespace and would act on the tests'
+# objects too; each test runs its own.
+if [[ -f $CONVEYOR_CLUSTER_DIR/pids/conveyor.pid ]]; then
+  pid=$(<"$CONVEYOR_CLUSTER_DIR/pids/conveyor.pid")
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "test: stopping the demo operator (pid $pid) so that it does not act on the tests' objects"
+    kill "$pid"
+  fi
+  rm -f "$CONVEYOR_CLUSTER_DIR/pids/conveyor.pid"
+fi
 export CONVEYOR_REQUIRE_CLUSTER=1
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings

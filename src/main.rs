@@ -16,7 +16,8 @@ use conveyor::telemetry::{self, LogFormat};
 #[command(
     name = "conveyor",
     version,
-    about = "Kubernetes operator for message-queue infrastructure"
+    about = "Kubernetes operator for message-queue infrastructure",
+    args_override_self = true
 )]
 struct Cli {
     #[command(subcommand)]
@@ -26,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the operator.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print every CRD as YAML, or write one file per kind into a directory.
     Crds {
         /// Directory to write `<plural>.conveyor.dev.yaml` files into.
@@ -38,6 +39,7 @@ enum Command {
 }
 
 #[derive(clap::Args)]
+#[command(args_override_self = true)]
 struct RunArgs {
     /// Namespaces to reconcile, comma separated; all namespaces when empty.
     #[arg(long, env = "CONVEYOR_NAMESPACES", value_delimiter = ',')]
@@ -82,6 +84,14 @@ struct RunArgs {
     /// The namespace the operator runs in; its pods are let through managed brokers' NetworkPolicies.
     #[arg(long, env = "POD_NAMESPACE", default_value = "conveyor-system")]
     operator_namespace: String,
+    /// Seconds a deletion that needs an unreachable broker is retried before the resource is let
+    /// go and the stream left in the broker (with an Event saying so).
+    #[arg(
+        long,
+        env = "CONVEYOR_UNREACHABLE_DELETION_GRACE_SECONDS",
+        default_value_t = 300
+    )]
+    unreachable_deletion_grace_seconds: u64,
     /// Seconds between reconciliations of an unchanged object.
     #[arg(long, env = "CONVEYOR_RESYNC_SECONDS", default_value_t = 300)]
     resync_seconds: u64,
@@ -136,6 +146,7 @@ async fn run_operator(args: RunArgs) -> Result<(), String> {
             instance: args.identity,
             destinations,
             operator_namespace: args.operator_namespace,
+            deletion_grace: Duration::from_secs(args.unreachable_deletion_grace_seconds),
         },
         lease,
         probe_addr: args.probe_addr,
@@ -156,7 +167,7 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
         {
-            Ok(rt) => rt.block_on(run_operator(args)),
+            Ok(rt) => rt.block_on(run_operator(*args)),
             Err(e) => Err(format!("starting the runtime: {e}")),
         },
     };

@@ -20,6 +20,8 @@ pub enum ConditionType {
     Progressing,
     /// The broker runs with fewer healthy servers than it should.
     Degraded,
+    /// The object inside the broker matches the spec.
+    Synced,
 }
 
 impl ConditionType {
@@ -31,6 +33,7 @@ impl ConditionType {
             Self::Reachable => "Reachable",
             Self::Progressing => "Progressing",
             Self::Degraded => "Degraded",
+            Self::Synced => "Synced",
         }
     }
 }
@@ -84,6 +87,26 @@ pub enum Reason {
     AllServersReady,
     /// Some servers that should be ready are not.
     ServersNotReady,
+    /// The stream in the broker matches the spec.
+    InSync,
+    /// The stream in the broker differs from the spec and is left alone.
+    Drifted,
+    /// The stream was deleted outside Conveyor and is not recreated.
+    StreamMissing,
+    /// A stream of that name belongs to someone else.
+    Conflict,
+    /// The broker refused a change.
+    UpdateRejected,
+    /// The spec asks for more replicas than the broker has servers.
+    InsufficientServers,
+    /// An event type's schema is not valid JSON Schema.
+    InvalidEventSchema,
+    /// Deletion waits until the stream is empty.
+    DeletionBlocked,
+    /// The spec cannot be turned into broker settings.
+    InvalidSpec,
+    /// The stream exists in the broker.
+    StreamReady,
 }
 
 impl Reason {
@@ -113,6 +136,16 @@ impl Reason {
             Self::ScaleDownRefused => "ScaleDownRefused",
             Self::AllServersReady => "AllServersReady",
             Self::ServersNotReady => "ServersNotReady",
+            Self::InSync => "InSync",
+            Self::Drifted => "Drifted",
+            Self::StreamMissing => "StreamMissing",
+            Self::Conflict => "Conflict",
+            Self::UpdateRejected => "UpdateRejected",
+            Self::InsufficientServers => "InsufficientServers",
+            Self::InvalidEventSchema => "InvalidEventSchema",
+            Self::DeletionBlocked => "DeletionBlocked",
+            Self::InvalidSpec => "InvalidSpec",
+            Self::StreamReady => "StreamReady",
         }
     }
 }

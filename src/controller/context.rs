@@ -28,6 +28,9 @@ pub struct Config {
     pub destinations: Destinations,
     /// The namespace the operator runs in; its pods may reach managed brokers.
     pub operator_namespace: String,
+    /// How long a deletion that needs an unreachable broker is retried before the resource is
+    /// let go and the broker-side object left in place.
+    pub deletion_grace: Duration,
 }
 
 /// Shared state of the reconcilers.

@@ -180,6 +180,30 @@ fn error_policy<K: Reconcile>(
     }
 }
 
+/// Publishes an Event about `obj`; a failure to publish is logged, never fatal.
+pub async fn publish<K: Reconcile>(
+    ctx: &Context,
+    obj: &K,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(truncate(&note, 1024)),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx
+        .recorder
+        .publish(&event, &object_ref::<K>(obj.meta()))
+        .await
+    {
+        tracing::debug!(error = %e, "publishing an Event failed");
+    }
+}
+
 fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();

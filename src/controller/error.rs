@@ -21,6 +21,12 @@ pub enum Error {
     /// The finalizer machinery failed.
     #[error("finalizer: {0}")]
     Finalizer(String),
+    /// The broker could not do what was asked (yet).
+    #[error("broker: {0}")]
+    Broker(String),
+    /// A deletion waits for a condition (a stream to be empty).
+    #[error("{0}")]
+    DeletionBlocked(String),
     /// Generating or reading broker credentials failed.
     #[error("broker credentials: {0}")]
     Credentials(String),
@@ -38,6 +44,8 @@ impl Error {
             Self::Malformed(_) => "malformed",
             Self::Finalizer(_) => "finalizer",
             Self::Credentials(_) => "credentials",
+            Self::Broker(_) => "broker",
+            Self::DeletionBlocked(_) => "deletion-blocked",
         }
     }
 

@@ -331,3 +331,51 @@ pub async fn install_crds(plane: &Plane) {
         .await;
     }
 }
+
+/// The condition `type_` of any Conveyor object as (status, reason, message).
+pub async fn condition<K>(api: &Api<K>, name: &str, type_: &str) -> Option<(String, String, String)>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let obj = serde_json::to_value(api.get(name).await.ok()?).ok()?;
+    let c = obj["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)?
+        .clone();
+    let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+    Some((s("status"), s("reason"), s("message")))
+}
+
+/// Waits until condition `type_` of `name` has `status`; returns its (reason, message).
+pub async fn wait_condition<K>(
+    api: &Api<K>,
+    name: &str,
+    type_: &str,
+    status: &str,
+    timeout: Duration,
+) -> (String, String)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    wait_for(&format!("{name}: {type_}={status}"), timeout, || async {
+        let (s, reason, message) = condition(api, name, type_).await?;
+        (s == status).then_some((reason, message))
+    })
+    .await
+}
+
+/// The reasons of the Events about object `name` in `ns`.
+pub async fn event_reasons(plane: &Plane, ns: &str, name: &str) -> Vec<String> {
+    use k8s_openapi::api::events::v1::Event;
+    let api: Api<Event> = Api::namespaced(plane.client.clone(), ns);
+    let list = api
+        .list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    list.into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .filter_map(|e| e.reason)
+        .collect()
+}

@@ -83,7 +83,8 @@ impl Connection {
         EngineError::Unreachable(why.unwrap_or_else(|| "not connected yet".into()))
     }
 
-    fn connected(&self) -> Result<(), EngineError> {
+    /// `Ok` while the client is connected, else the reason it is not.
+    pub fn require_connected(&self) -> Result<(), EngineError> {
         match self.client.connection_state() {
             State::Connected => Ok(()),
             _ => Err(self.unreachable()),
@@ -96,7 +97,7 @@ const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(2);
 
 impl Engine for Connection {
     async fn info(&self) -> Result<BrokerInfo, EngineError> {
-        self.connected()?;
+        self.require_connected()?;
         if !self.client.server_info().jetstream {
             return Err(EngineError::JetStreamDisabled(
                 "the server runs without JetStream (start it with -js)".into(),
@@ -143,7 +144,7 @@ impl Engine for Connection {
     }
 
     async fn stream_replicas(&self) -> Result<Vec<(String, usize)>, EngineError> {
-        self.connected()?;
+        self.require_connected()?;
         let js = async_nats::jetstream::new(self.client.clone());
         let list = async {
             js.streams()

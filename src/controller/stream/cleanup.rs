@@ -1,0 +1,156 @@
+//! A Queue's or Topic's deletion policy, run on its finalizer.
+//!
+//! - `Retain`: the stream and its messages stay in the broker; the resource goes at once.
+//! - `Delete`: the stream is deleted (only if this resource owns it).
+//! - `DeleteIfEmpty`: deleted when it holds no messages; otherwise the resource stays, with a
+//!   `DeletionBlocked` condition and Event, and Conveyor looks again with backoff.
+//!
+//! When the broker is gone for good the deletion must not hang: a Broker that no longer exists
+//! leaves nothing to do, and an unreachable one is retried for the operator's deletion grace
+//! period (`--unreachable-deletion-grace-seconds`, 5 minutes by default), after which the
+//! resource goes and an Event says that the stream was left in the broker.
+
+use std::sync::Arc;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+
+use super::{StreamKind, connection, owner, stream_name};
+use crate::api::StreamStatus;
+use crate::api::common::DeletionPolicy;
+use crate::api::conditions::{self, ConditionType, Desired, Reason, merge};
+use crate::controller::context::Context;
+use crate::controller::driver::publish;
+use crate::controller::error::{Error, Result};
+use crate::controller::refs;
+use crate::controller::status::{api_for, apply_status};
+use crate::engine::{Deletion, Streams};
+
+pub async fn cleanup_stream<K: StreamKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
+    let name = stream_name(&*obj);
+    let policy = obj.settings().deletion_policy;
+    let declared = obj
+        .stream_status()
+        .is_some_and(|s| conditions::find(&s.conditions, ConditionType::Synced).is_some());
+    if policy == DeletionPolicy::Retain || !declared {
+        if declared {
+            publish(
+                &ctx,
+                &*obj,
+                EventType::Normal,
+                "StreamRetained",
+                format!("deletionPolicy Retain: stream {name} and its messages stay in the broker"),
+            )
+            .await;
+        }
+        return Ok(Action::await_change());
+    }
+    let ns = obj.namespace().unwrap_or_default();
+    let broker = match refs::broker(&ctx.client, &ns, obj.broker_ref()).await? {
+        Ok(b) => b,
+        Err(missing) => {
+            let note = format!("{}; stream {name} was not deleted", missing.message);
+            publish(&ctx, &*obj, EventType::Warning, "StreamLeftInBroker", note).await;
+            return Ok(Action::await_change());
+        }
+    };
+    let conn = match connection(&ctx, &broker) {
+        Ok(c) => c,
+        Err(why) => return give_up_or_retry(&*obj, &ctx, &name, why.message).await,
+    };
+    if policy == DeletionPolicy::DeleteIfEmpty {
+        match conn.stream_state(&name).await {
+            Ok(Some(s)) if s.messages > 0 => return blocked(&*obj, &ctx, &name, s.messages).await,
+            Ok(_) => {}
+            Err(e) => return give_up_or_retry(&*obj, &ctx, &name, e.to_string()).await,
+        }
+    }
+    match conn.delete_stream(&name, &owner(&*obj)).await {
+        Ok(Deletion::Deleted) => {
+            publish(
+                &ctx,
+                &*obj,
+                EventType::Normal,
+                "StreamDeleted",
+                format!("deleted stream {name}"),
+            )
+            .await
+        }
+        Ok(Deletion::Absent) => {}
+        Ok(Deletion::NotOwned(why)) => {
+            publish(
+                &ctx,
+                &*obj,
+                EventType::Warning,
+                "StreamLeftInBroker",
+                format!("{why}; not deleted"),
+            )
+            .await
+        }
+        Err(e) => return give_up_or_retry(&*obj, &ctx, &name, e.to_string()).await,
+    }
+    Ok(Action::await_change())
+}
+
+/// Retries while the deletion is younger than the grace period, then lets the resource go.
+async fn give_up_or_retry<K: StreamKind>(
+    obj: &K,
+    ctx: &Context,
+    name: &str,
+    why: String,
+) -> Result<Action> {
+    let since = obj
+        .meta()
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .unwrap_or_else(Timestamp::now);
+    let waited = Timestamp::now().duration_since(since).unsigned_abs();
+    let grace = ctx.config.deletion_grace;
+    if waited < grace {
+        return Err(Error::Broker(format!(
+            "cannot delete stream {name} yet: {why}"
+        )));
+    }
+    let note = format!(
+        "the broker stayed unavailable for {}s ({why}); stream {name} was left in the broker",
+        grace.as_secs()
+    );
+    publish(ctx, obj, EventType::Warning, "StreamLeftInBroker", note).await;
+    Ok(Action::await_change())
+}
+
+/// Keeps a `DeleteIfEmpty` resource while its stream holds messages, and says so.
+async fn blocked<K: StreamKind>(
+    obj: &K,
+    ctx: &Context,
+    name: &str,
+    messages: u64,
+) -> Result<Action> {
+    let msg = format!(
+        "deletionPolicy DeleteIfEmpty: stream {name} still holds {messages} message(s); it is deleted once empty"
+    );
+    let old = obj.stream_status();
+    let first = old
+        .and_then(|s| conditions::find(&s.conditions, ConditionType::Ready))
+        .is_none_or(|c| c.reason != Reason::DeletionBlocked.as_str());
+    let generation = obj.meta().generation;
+    let ready = Desired::is_false(ConditionType::Ready, Reason::DeletionBlocked, msg.clone());
+    let new = StreamStatus {
+        conditions: merge(
+            old.map(|s| &s.conditions[..]).unwrap_or_default(),
+            &[ready],
+            generation,
+            Timestamp::now(),
+        ),
+        messages: Some(messages as i64),
+        ..old.cloned().unwrap_or_default()
+    };
+    apply_status(&api_for(&ctx.client, obj), obj, old, &new).await?;
+    if first {
+        publish(ctx, obj, EventType::Warning, "DeletionBlocked", msg.clone()).await;
+    }
+    Err(Error::DeletionBlocked(msg))
+}

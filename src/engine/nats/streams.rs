@@ -1,0 +1,245 @@
+//! Streams on NATS JetStream: the spec as a JetStream configuration, the comparison that finds
+//! drift, and the calls that create, update, read and delete.
+//!
+//! Ownership is recorded in the stream's metadata (`conveyor.dev/owner`), so a stream that
+//! Conveyor did not create is never taken over, whatever its name.
+
+use std::time::Duration;
+
+use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::context::GetStreamErrorKind;
+use async_nats::jetstream::stream::{self, Config};
+
+use super::connection::Connection;
+use crate::engine::{
+    Deletion, Discard, EngineError, Retention, Storage, StreamSpec, StreamState, StreamSync,
+    Streams, SyncMode,
+};
+
+/// The stream-metadata key that names the owning resource.
+pub const OWNER_KEY: &str = "conveyor.dev/owner";
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The JetStream configuration of a spec.
+pub fn config(spec: &StreamSpec) -> Config {
+    Config {
+        name: spec.name.clone(),
+        description: Some(spec.description.clone()),
+        subjects: spec.subjects.clone(),
+        retention: match spec.retention {
+            Retention::Limits => stream::RetentionPolicy::Limits,
+            Retention::WorkQueue => stream::RetentionPolicy::WorkQueue,
+        },
+        max_age: spec.max_age,
+        max_messages: spec.max_messages,
+        max_bytes: spec.max_bytes,
+        discard: match spec.discard {
+            Discard::Old => stream::DiscardPolicy::Old,
+            Discard::New => stream::DiscardPolicy::New,
+        },
+        num_replicas: spec.replicas,
+        storage: match spec.storage {
+            Storage::File => stream::StorageType::File,
+            Storage::Memory => stream::StorageType::Memory,
+        },
+        duplicate_window: spec.duplicate_window,
+        metadata: [(OWNER_KEY.to_string(), spec.owner.clone())].into(),
+        ..Default::default()
+    }
+}
+
+/// The settings in which `actual` differs from `wanted`, by name.
+pub fn differences(wanted: &Config, actual: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut diff = |name: &str, same: bool| {
+        if !same {
+            out.push(name.to_string());
+        }
+    };
+    let sorted = |v: &[String]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v
+    };
+    diff(
+        "subjects",
+        sorted(&wanted.subjects) == sorted(&actual.subjects),
+    );
+    diff("retention", wanted.retention == actual.retention);
+    diff("maxAge", wanted.max_age == actual.max_age);
+    diff("maxMessages", wanted.max_messages == actual.max_messages);
+    diff("maxBytes", wanted.max_bytes == actual.max_bytes);
+    diff("discard", wanted.discard == actual.discard);
+    diff("replicas", wanted.num_replicas == actual.num_replicas);
+    diff("storage", wanted.storage == actual.storage);
+    diff(
+        "deduplicationWindow",
+        wanted.duplicate_window == actual.duplicate_window,
+    );
+    diff("description", wanted.description == actual.description);
+    out
+}
+
+/// Why `owner` does not own the stream configured as `actual`, if it does not.
+fn not_owned(name: &str, actual: &Config, owner: &str) -> Option<String> {
+    match actual.metadata.get(OWNER_KEY) {
+        Some(o) if o == owner => None,
+        Some(o) => Some(format!("stream {name} belongs to {o}")),
+        None => Some(format!(
+            "stream {name} exists and was not created by Conveyor"
+        )),
+    }
+}
+
+fn state(info: &stream::Info) -> StreamState {
+    StreamState {
+        messages: info.state.messages,
+        bytes: info.state.bytes,
+        consumers: info.state.consumer_count as u64,
+        first_sequence: info.state.first_sequence,
+        last_sequence: info.state.last_sequence,
+    }
+}
+
+fn request(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Request(e.to_string())
+}
+
+async fn timed<T>(
+    f: impl std::future::Future<Output = Result<T, EngineError>>,
+) -> Result<T, EngineError> {
+    tokio::time::timeout(TIMEOUT, f).await.unwrap_or_else(|_| {
+        Err(EngineError::Unreachable(
+            "JetStream did not answer within 5 s".into(),
+        ))
+    })
+}
+
+impl Connection {
+    fn js(&self) -> async_nats::jetstream::Context {
+        async_nats::jetstream::new(self.client().clone())
+    }
+
+    /// The stream's info, or `None` when it does not exist.
+    async fn info_of(&self, name: &str) -> Result<Option<stream::Info>, EngineError> {
+        self.require_connected()?;
+        match self.js().get_stream(name).await {
+            Ok(mut s) => s.info().await.map(|i| Some(i.clone())).map_err(request),
+            Err(e) => match e.kind() {
+                GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    Ok(None)
+                }
+                _ => Err(request(e)),
+            },
+        }
+    }
+}
+
+impl Streams for Connection {
+    async fn ensure_stream(
+        &self,
+        spec: &StreamSpec,
+        mode: SyncMode,
+    ) -> Result<StreamSync, EngineError> {
+        timed(async {
+            let wanted = config(spec);
+            let Some(info) = self.info_of(&spec.name).await? else {
+                if !mode.create {
+                    return Ok(StreamSync::Missing);
+                }
+                let mut created = self.js().create_stream(wanted).await.map_err(request)?;
+                return Ok(StreamSync::Created(state(
+                    created.info().await.map_err(request)?,
+                )));
+            };
+            if let Some(why) = not_owned(&spec.name, &info.config, &spec.owner) {
+                return Ok(StreamSync::Conflict(why));
+            }
+            let changed = differences(&wanted, &info.config);
+            if changed.is_empty() {
+                return Ok(StreamSync::Unchanged(state(&info)));
+            }
+            if !mode.repair {
+                return Ok(StreamSync::Drifted(state(&info), changed));
+            }
+            let updated = self.js().update_stream(wanted).await.map_err(request)?;
+            Ok(StreamSync::Updated(state(&updated), changed))
+        })
+        .await
+    }
+
+    async fn delete_stream(&self, name: &str, owner: &str) -> Result<Deletion, EngineError> {
+        timed(async {
+            let Some(info) = self.info_of(name).await? else {
+                return Ok(Deletion::Absent);
+            };
+            if let Some(why) = not_owned(name, &info.config, owner) {
+                return Ok(Deletion::NotOwned(why));
+            }
+            match self.js().delete_stream(name).await {
+                Ok(_) => Ok(Deletion::Deleted),
+                Err(e) => match e.kind() {
+                    GetStreamErrorKind::JetStream(j)
+                        if j.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                    {
+                        Ok(Deletion::Absent)
+                    }
+                    _ => Err(request(e)),
+                },
+            }
+        })
+        .await
+    }
+
+    async fn stream_state(&self, name: &str) -> Result<Option<StreamState>, EngineError> {
+        timed(async { Ok(self.info_of(name).await?.map(|i| state(&i))) }).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> StreamSpec {
+        StreamSpec {
+            name: "queue_shop_work".into(),
+            subjects: vec!["queue_shop_work".into(), "queue_shop_work.>".into()],
+            retention: Retention::WorkQueue,
+            max_age: Duration::from_secs(3600),
+            max_messages: -1,
+            max_bytes: -1,
+            discard: Discard::Old,
+            replicas: 1,
+            storage: Storage::File,
+            duplicate_window: Duration::from_secs(120),
+            owner: "Queue shop/work".into(),
+            description: "Queue shop/work".into(),
+        }
+    }
+
+    #[test]
+    fn config_carries_every_setting_and_the_owner() {
+        let c = config(&spec());
+        assert_eq!(c.retention, stream::RetentionPolicy::WorkQueue);
+        assert_eq!(
+            c.metadata.get(OWNER_KEY).map(String::as_str),
+            Some("Queue shop/work")
+        );
+        assert_eq!(c.duplicate_window, Duration::from_secs(120));
+        assert!(differences(&c, &c).is_empty());
+    }
+
+    #[test]
+    fn differences_name_each_changed_setting_and_ignore_subject_order() {
+        let wanted = config(&spec());
+        let mut actual = wanted.clone();
+        actual.subjects.reverse();
+        assert!(differences(&wanted, &actual).is_empty());
+        actual.max_age = Duration::from_secs(60);
+        actual.num_replicas = 3;
+        assert_eq!(differences(&wanted, &actual), ["maxAge", "replicas"]);
+    }
+}
