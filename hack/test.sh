@@ -14,7 +14,9 @@ if [[ ! -f .cluster/env ]] || ! hack/cluster.sh status >/dev/null 2>&1; then
   hack/cluster.sh up
   started=1
 fi
-cleanup() { [[ -n $started ]] && hack/cluster.sh down; }
+cleanup() {
+  if [[ -n $started ]]; then hack/cluster.sh down; fi
+}
 trap cleanup EXIT
 
 # shellcheck source=/dev/null

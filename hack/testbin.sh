@@ -99,7 +99,7 @@ build() {
     return
   fi
   mkdir -p "$cache_root"
-  local tmp
+  # Not local: the EXIT trap runs after this function returns and must still see it.
   tmp=$(mktemp -d "$cache_root/.building-$key.XXXXXX")
   trap 'rm -rf "$tmp"' EXIT
   local start=$SECONDS
@@ -113,7 +113,7 @@ build() {
   for p in "${vpkgs[@]}"; do
     ld+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
   done
-  log "building Kubernetes $K8S_VERSION (a cold build takes 15 to 30 minutes on two cores)"
+  log "building Kubernetes $K8S_VERSION (a cold build takes about ten minutes on two cores)"
   (cd "$mods/k8s" && go build "${flags[@]}" -ldflags "$ld" -o "$tmp/" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)

@@ -154,15 +154,22 @@ impl Elector {
         let mut last_ok = Instant::now();
         loop {
             tokio::time::sleep(self.config.retry_period()).await;
-            match self.try_acquire().await {
-                Ok(Attempt::Acquired) => last_ok = Instant::now(),
-                Ok(Attempt::HeldBy(holder)) => {
+            // Bound each attempt by what is left of the deadline, so that a hanging API server
+            // cannot keep this process leading after its lease has run out.
+            let left = self
+                .config
+                .renew_deadline()
+                .saturating_sub(last_ok.elapsed());
+            match tokio::time::timeout(left, self.try_acquire()).await {
+                Ok(Ok(Attempt::Acquired)) => last_ok = Instant::now(),
+                Ok(Ok(Attempt::HeldBy(holder))) => {
                     tracing::error!(%holder, "the leader lease was taken over");
                     return;
                 }
-                Err(e) => tracing::warn!(error = %e, "renewing the leader lease failed"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "renewing the leader lease failed"),
+                Err(_) => tracing::warn!("renewing the leader lease timed out"),
             }
-            if last_ok.elapsed() > self.config.renew_deadline() {
+            if last_ok.elapsed() >= self.config.renew_deadline() {
                 tracing::error!("could not renew the leader lease in time");
                 return;
             }

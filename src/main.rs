@@ -72,8 +72,9 @@ struct RunArgs {
     /// Identity in the Lease; the pod name in a cluster. Defaults to the host name and pid.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
-    /// Destinations external Brokers may point at: IP ranges (`10.0.0.0/8`), host names and
-    /// `*.suffix` patterns, comma separated. Loopback must be listed to be reachable.
+    /// Destinations external Brokers may point at, comma separated: IP ranges (`10.0.0.0/8`)
+    /// and exact host names. Any other name must resolve into an allowed range. Loopback must
+    /// be listed to be reachable.
     #[arg(
         long,
         env = "CONVEYOR_ALLOWED_BROKER_DESTINATIONS",

@@ -200,10 +200,7 @@ async fn list_all_kinds(client: &Client, ns: Option<&str>) -> kube::Result<()> {
             + serde::de::DeserializeOwned
             + std::fmt::Debug,
     {
-        let api: Api<K> = match ns {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        };
+        let api: Api<K> = driver::scoped_api(client, ns);
         api.list_metadata(&ListParams::default().limit(1))
             .await
             .map(|_| ())

@@ -312,6 +312,27 @@ fn invalid_cases() -> Vec<Invalid> {
             json!({"external": {"urls": ["http://nats.example:4222"]}}),
             "spec.external.urls[0] in body should match",
         ),
+        invalid(
+            "broker-external-url-with-credentials",
+            Broker,
+            external_broker(),
+            json!({"external": {"urls": ["nats://user:secret@nats.example:4222"]}}),
+            "spec.external.urls[0] in body should match",
+        ),
+        invalid(
+            "queue-dedup-window-longer-than-max-age",
+            Queue,
+            queue(),
+            json!({"retention": {"maxAge": "1m"}, "deduplicationWindow": "2m"}),
+            "spec.deduplicationWindow must not be longer than spec.retention.maxAge",
+        ),
+        invalid(
+            "topic-dedup-window-longer-than-max-age",
+            Topic,
+            topic(),
+            json!({"retention": {"maxAge": "30s"}, "deduplicationWindow": "1h"}),
+            "spec.deduplicationWindow must not be longer than spec.retention.maxAge",
+        ),
         // Queue
         invalid(
             "queue-without-brokerRef",
@@ -566,6 +587,15 @@ fn update_cases() -> Vec<Update> {
             ),
             json!({"managed": {"storage": {"storageClassName": "fast"}}}),
             Some("spec.managed.storage.storageClassName is immutable"),
+        ),
+        update(
+            "broker-storage-size-changed",
+            Broker,
+            managed_broker(),
+            json!({"managed": {"storage": {"size": "20Gi"}}}),
+            Some(
+                "spec.managed.storage.size is immutable: the StatefulSet's volume claims cannot be resized in place",
+            ),
         ),
         update(
             "broker-storage-class-added",

@@ -161,9 +161,11 @@ fn default_broker_version() -> String {
 #[x_kube(validation = Rule::new("has(self.storageClassName) == has(oldSelf.storageClassName)").message("spec.managed.storage.storageClassName cannot be added or removed after creation"))]
 #[serde(rename_all = "camelCase")]
 pub struct BrokerStorage {
-    /// Size of each server's volume (`10Gi`).
+    /// Size of each server's volume (`10Gi`). Immutable: a StatefulSet's volume claims cannot
+    /// be resized in place.
     #[serde(default = "default_storage_size")]
     #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.managed.storage.size is immutable: the StatefulSet's volume claims cannot be resized in place"))]
     pub size: String,
     /// StorageClass of the volumes; the cluster's default when left out. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -203,10 +205,11 @@ pub enum VolumeDeletionPolicy {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ExternalBroker {
-    /// Client URLs of the broker's servers (`nats://host:4222` or `tls://host:4222`).
+    /// Client URLs of the broker's servers (`nats://host:4222` or `tls://host:4222`), without
+    /// credentials (they go in `credentialsSecretRef`, never in a URL that status would show).
     #[schemars(
         length(min = 1, max = 16),
-        inner(regex(pattern = r"^(nats|tls)://[^\s/?#]+$"))
+        inner(regex(pattern = r"^(nats|tls)://[^\s/?#@]+$"))
     )]
     pub urls: Vec<String>,
     /// Secret in the Broker's namespace with the credentials Conveyor presents to the broker:

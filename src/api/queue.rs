@@ -47,7 +47,10 @@ use super::stream::{STREAM_NAME_PATTERN, StreamStatus};
         json_path = ".metadata.creationTimestamp"
     )
 )]
-#[x_kube(validation = Rule::new("has(self.streamName) == has(oldSelf.streamName)").message("spec.streamName cannot be added or removed after creation"))]
+#[x_kube(
+    validation = Rule::new("has(self.streamName) == has(oldSelf.streamName)").message("spec.streamName cannot be added or removed after creation"),
+    validation = Rule::new("!has(self.retention) || !has(self.retention.maxAge) || !has(self.deduplicationWindow) || duration(self.deduplicationWindow) <= duration(self.retention.maxAge)").message("spec.deduplicationWindow must not be longer than spec.retention.maxAge")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct QueueSpec {
     /// The Broker that holds the queue. Immutable.

@@ -19,6 +19,10 @@ pub struct StreamStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Conditions,
+    /// True once Conveyor has created the stream (or found its own) in the broker: from then on
+    /// a missing stream is drift, and deletion applies the deletion policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declared: Option<bool>,
     /// Name of the stream inside the broker. Set once; never changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_name: Option<String>,

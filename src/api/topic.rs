@@ -50,7 +50,10 @@ pub const EVENT_TYPE_PATTERN: &str = r"^[A-Za-z][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)
         json_path = ".metadata.creationTimestamp"
     )
 )]
-#[x_kube(validation = Rule::new("has(self.streamName) == has(oldSelf.streamName)").message("spec.streamName cannot be added or removed after creation"))]
+#[x_kube(
+    validation = Rule::new("has(self.streamName) == has(oldSelf.streamName)").message("spec.streamName cannot be added or removed after creation"),
+    validation = Rule::new("!has(self.retention) || !has(self.retention.maxAge) || !has(self.deduplicationWindow) || duration(self.deduplicationWindow) <= duration(self.retention.maxAge)").message("spec.deduplicationWindow must not be longer than spec.retention.maxAge")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct TopicSpec {
     /// The Broker that holds the topic. Immutable.

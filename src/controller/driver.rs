@@ -16,6 +16,7 @@ use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
+use kube::runtime::{Predicate, PredicateConfig, WatchStreamExt, predicates};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -223,11 +224,20 @@ pub async fn run<K: Reconcile>(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
     synced: impl FnOnce() + Send + 'static,
 ) {
-    let api: Api<DeserializeGuard<K>> = match &namespace {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
-    };
-    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    let api: Api<DeserializeGuard<K>> = scoped_api(&ctx.client, namespace.as_deref());
+    // Only changes of the spec (generation, which deletion also bumps) and of the finalizers
+    // start a reconcile: a status write, including the reconciler's own, does not. Counters in
+    // status (depth) are refreshed by the periodic requeue instead.
+    let (reader, writer) = kube::runtime::reflector::store();
+    let changes = kube::runtime::watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation.combine(predicates::finalizers),
+            PredicateConfig::default(),
+        );
+    let controller = Controller::for_stream(changes, reader);
     let store = controller.store();
     let kind = kind::<K>();
     tokio::spawn(async move {
@@ -259,6 +269,18 @@ pub async fn run<K: Reconcile>(
             }
         })
         .await;
+}
+
+/// An Api of `K` in `namespace`, or across the cluster when `None`.
+pub fn scoped_api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
 }
 
 /// Maps each object of `K` in `store` that `depends` on the changed object to a reconcile request.

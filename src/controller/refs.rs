@@ -41,13 +41,24 @@ pub fn broker_allows(broker: &Broker, broker_ns: &str, ns: &str) -> bool {
             .any(|a| a == "*" || a == ns)
 }
 
-/// Looks up the Broker that a resource in `from_ns` refers to.
+/// Looks up the Broker that a resource in `from_ns` refers to. `watched` is the operator's
+/// namespace list (empty: all): a Broker outside it has no controller here, so it cannot be used.
 pub async fn broker(
     client: &Client,
+    watched: &[String],
     from_ns: &str,
     r: &BrokerReference,
 ) -> Result<Resolved<Broker>> {
     let (ns, name) = broker_key(from_ns, r);
+    if !watched.is_empty() && !watched.iter().any(|w| w == ns) {
+        return Ok(Err(unresolved(
+            Reason::RefNotPermitted,
+            format!(
+                "Broker {ns}/{name} is in a namespace this operator does not watch ({})",
+                watched.join(", ")
+            ),
+        )));
+    }
     let api: Api<Broker> = Api::namespaced(client.clone(), ns);
     Ok(match api.get_opt(name).await? {
         None => Err(unresolved(

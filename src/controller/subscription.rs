@@ -13,7 +13,7 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 
 use super::context::Context;
-use super::driver::{Reconcile, dependents};
+use super::driver::{Reconcile, dependents, scoped_api};
 use super::error::Result;
 use super::refs::{self, Resolved};
 use super::status::{api_for, apply_status};
@@ -83,13 +83,8 @@ impl Reconcile for EventSubscription {
         ctx: &Context,
         ns: Option<&str>,
     ) -> Controller<DeserializeGuard<Self>> {
-        let (topics, queues): (Api<Topic>, Api<Queue>) = match ns {
-            Some(ns) => (
-                Api::namespaced(ctx.client.clone(), ns),
-                Api::namespaced(ctx.client.clone(), ns),
-            ),
-            None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
-        };
+        let (topics, queues): (Api<Topic>, Api<Queue>) =
+            (scoped_api(&ctx.client, ns), scoped_api(&ctx.client, ns));
         let (s1, s2) = (controller.store(), controller.store());
         controller
             .watches(

@@ -2,24 +2,21 @@
 //!
 //! A namespace tenant writes an external Broker's URLs, so without a limit the operator could
 //! be made to connect anywhere its network reaches (cloud metadata endpoints, the API server,
-//! other tenants' services). The operator therefore connects only to destinations that its
-//! administrator allows: host-name patterns (`*.svc`, `nats.example.com`) and IP ranges
-//! (`10.0.0.0/8`). A host name that matches no pattern is allowed only if every address it
-//! resolves to lies in an allowed range.
+//! other tenants' services). It therefore connects only where its administrator allows: IP
+//! ranges (`10.0.0.0/8`) and host names listed exactly (`nats.example.com`). Any other host name
+//! is allowed only if it resolves and every address it resolves to lies in an allowed range, so
+//! a Service name (`events-nats.shop.svc`) passes through its ClusterIP, while an ExternalName
+//! Service that points outside, or a name that resolves to a metadata endpoint, does not. The
+//! client also never follows server-advertised URLs (see the connection module). A name is
+//! resolved when it is checked; a DNS answer that changes later is not re-checked.
 
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-/// The default destinations: in-cluster Services and the private IPv4 ranges. Loopback, link-local
-/// (cloud metadata) and public addresses must be allowed explicitly.
-pub const DEFAULT_ALLOWED: &[&str] = &[
-    "*.svc",
-    "*.svc.cluster.local",
-    "10.0.0.0/8",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-];
+/// The default destinations: the private IPv4 ranges, where cluster Services and pods live.
+/// Loopback, link-local (cloud metadata) and public addresses must be allowed explicitly.
+pub const DEFAULT_ALLOWED: &[&str] = &["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"];
 
 /// The parsed allow-list.
 #[derive(Clone, Debug, Default)]
@@ -39,8 +36,12 @@ pub enum Refused {
     NotAllowed { host: String, allowed: String },
 }
 
+fn normalize(host: &str) -> String {
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
 impl Destinations {
-    /// Parses entries: an IP, a CIDR, a host name or a `*.suffix` pattern.
+    /// Parses entries: an IP, a CIDR or an exact host name.
     pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self, String> {
         let mut d = Self::default();
         for e in entries
@@ -53,15 +54,12 @@ impl Destinations {
             } else if let Ok(ip) = e.parse::<IpAddr>() {
                 d.nets.push(IpNet::from(ip));
             } else if e
-                .trim_start_matches("*.")
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
             {
-                d.hosts.push(e.to_ascii_lowercase());
+                d.hosts.push(normalize(e));
             } else {
-                return Err(format!(
-                    "{e:?} is neither an IP range nor a host name pattern"
-                ));
+                return Err(format!("{e:?} is neither an IP range nor a host name"));
             }
         }
         Ok(d)
@@ -77,19 +75,11 @@ impl Destinations {
         }
     }
 
-    fn host_matches(&self, host: &str) -> bool {
-        let host = host.to_ascii_lowercase();
-        self.hosts.iter().any(|p| match p.strip_prefix("*.") {
-            Some(suffix) => host.ends_with(&format!(".{suffix}")),
-            None => *p == host,
-        })
-    }
-
     fn ip_allowed(&self, ip: IpAddr) -> bool {
         self.nets.iter().any(|n| n.contains(&ip))
     }
 
-    /// Checks one URL. `resolve` looks up the addresses of a host name that no pattern matches.
+    /// Checks one URL. `resolve` looks up the addresses of a host name that is not listed.
     pub fn check(
         &self,
         url: &str,
@@ -110,7 +100,7 @@ impl Destinations {
                 Err(refused())
             };
         }
-        if self.host_matches(host) {
+        if self.hosts.contains(&normalize(host)) {
             return Ok(());
         }
         let ips = resolve(host, port);
@@ -155,12 +145,19 @@ mod tests {
         Vec::new()
     }
 
+    fn to_cluster_ip(_: &str, _: u16) -> Vec<IpAddr> {
+        vec!["10.96.0.12".parse().unwrap()]
+    }
+
     #[test]
     fn defaults_allow_cluster_services_and_private_ranges_only() {
         let d = Destinations::parse(DEFAULT_ALLOWED).unwrap();
-        assert!(d.check("nats://events-nats.shop.svc:4222", no_dns).is_ok());
         assert!(
-            d.check("nats://events-nats.shop.svc.cluster.local", no_dns)
+            d.check("nats://events-nats.shop.svc:4222", to_cluster_ip)
+                .is_ok()
+        );
+        assert!(
+            d.check("nats://EVENTS-nats.shop.svc.cluster.local.", to_cluster_ip)
                 .is_ok()
         );
         assert!(d.check("nats://10.1.2.3:4222", no_dns).is_ok());
@@ -176,6 +173,35 @@ mod tests {
                 "{denied}"
             );
         }
+    }
+
+    #[test]
+    fn a_service_name_that_resolves_outside_the_ranges_is_refused() {
+        // An ExternalName Service is a *.svc name whose CNAME points anywhere.
+        let d = Destinations::parse(DEFAULT_ALLOWED).unwrap();
+        let to_metadata = |_: &str, _: u16| vec!["169.254.169.254".parse().unwrap()];
+        let mixed =
+            |_: &str, _: u16| vec!["10.0.0.1".parse().unwrap(), "203.0.113.9".parse().unwrap()];
+        assert!(
+            d.check("nats://sneaky.tenant.svc:4222", to_metadata)
+                .is_err()
+        );
+        assert!(
+            d.check("nats://sneaky.tenant.svc:4222", mixed).is_err(),
+            "every address must be allowed"
+        );
+    }
+
+    #[test]
+    fn exactly_listed_names_are_trusted() {
+        let d = Destinations::parse(&["nats.example.com"]).unwrap();
+        assert!(d.check("nats://nats.example.com:4222", no_dns).is_ok());
+        assert!(d.check("nats://NATS.example.com.:4222", no_dns).is_ok());
+        assert!(d.check("nats://other.example.com:4222", no_dns).is_err());
+        assert!(
+            Destinations::parse(&["*.svc"]).is_err(),
+            "patterns are not accepted"
+        );
     }
 
     #[test]
@@ -200,14 +226,6 @@ mod tests {
         assert!(d.check("nats://127.0.0.1:4222", no_dns).is_ok());
         assert!(d.check("nats://127.0.0.2:4222", no_dns).is_err());
         assert!(d.check("nats://user:pass@127.0.0.1:4222", no_dns).is_ok());
-    }
-
-    #[test]
-    fn suffix_patterns_do_not_match_lookalikes() {
-        let d = Destinations::parse(&["*.svc"]).unwrap();
-        assert!(d.check("nats://a.svc", no_dns).is_ok());
-        assert!(d.check("nats://asvc", no_dns).is_err());
-        assert!(d.check("nats://a.svc.evil.com", no_dns).is_err());
     }
 
     #[test]

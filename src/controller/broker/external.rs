@@ -146,5 +146,6 @@ async fn connect_spec(
         urls: ext.urls.clone(),
         auth,
         ca_pem,
+        only_listed_urls: true,
     }))
 }

@@ -87,6 +87,8 @@ pub async fn reconcile(obj: &Broker, ctx: &Context) -> Result<Observed> {
             .as_ref()
             .map_or(Auth::None, |a| Auth::Creds(a.creds.clone())),
         ca_pem,
+        // The servers are ours and advertise only their own pods.
+        only_listed_urls: false,
     };
 
     let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
@@ -114,10 +116,11 @@ pub async fn reconcile(obj: &Broker, ctx: &Context) -> Result<Observed> {
     let sts = apply_objects(ctx, &plan).await?;
 
     let (reachable, verdict) = probe(ctx, &super::key(obj), &conn_spec).await;
-    let was_ready = obj
-        .status
-        .as_ref()
-        .is_some_and(|s| conditions::is_true(&s.conditions, ConditionType::Ready));
+    // Degraded needs the Broker to have been available: Ready before, or Degraded already.
+    let was_ready = obj.status.as_ref().is_some_and(|s| {
+        conditions::is_true(&s.conditions, ConditionType::Ready)
+            || conditions::is_true(&s.conditions, ConditionType::Degraded)
+    });
     let status = sts.status.unwrap_or_default();
     let generation_seen = status.observed_generation >= sts.metadata.generation;
     let mut conds = vec![refs::resolved(), reachable];
@@ -288,13 +291,27 @@ async fn auth_material(
 ) -> Result<AuthMaterial> {
     let ns = obj.namespace().unwrap_or_default();
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    // Owned by the Broker (and so deleted with it) exactly when its volumes are.
+    let owner = match spec.storage.deletion_policy {
+        VolumeDeletionPolicy::Delete => obj.controller_owner_ref(&()).map(|o| vec![o]),
+        VolumeDeletionPolicy::Retain => None,
+    };
     let secret = match api.get_opt(&names.auth).await? {
+        Some(s)
+            if s.metadata
+                .owner_references
+                .as_ref()
+                .filter(|o| !o.is_empty())
+                != owner.as_ref() =>
+        {
+            let patch = serde_json::json!({"metadata": {"ownerReferences": owner}});
+            api.patch(&names.auth, &PatchParams::default(), &Patch::Merge(patch))
+                .await?
+        }
         Some(s) => s,
         None => {
             let mut s = new_auth_secret(&obj.name_any(), &names.auth, &ns)?;
-            if spec.storage.deletion_policy == VolumeDeletionPolicy::Delete {
-                s.metadata.owner_references = obj.controller_owner_ref(&()).map(|o| vec![o]);
-            }
+            s.metadata.owner_references = owner;
             match api.create(&PostParams::default(), &s).await {
                 Ok(created) => created,
                 Err(kube::Error::Api(e)) if e.code == 409 => api.get(&names.auth).await?,

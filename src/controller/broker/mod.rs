@@ -21,7 +21,7 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 
 use super::context::Context;
-use super::driver::Reconcile;
+use super::driver::{Reconcile, scoped_api};
 use super::error::Result;
 use super::status::{api_for, apply_status};
 use crate::api::broker::JetStreamLimits;
@@ -81,10 +81,7 @@ impl Reconcile for Broker {
         ctx: &Context,
         ns: Option<&str>,
     ) -> Controller<DeserializeGuard<Self>> {
-        let sets: Api<StatefulSet> = match ns {
-            Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-            None => Api::all(ctx.client.clone()),
-        };
+        let sets: Api<StatefulSet> = scoped_api(&ctx.client, ns);
         let owned = watcher::Config::default().labels(&format!(
             "{}={}",
             labels::MANAGED_BY,
@@ -115,11 +112,9 @@ pub async fn drop_stale_connections(
     loop {
         tokio::time::sleep(period).await;
         let mut live = std::collections::HashSet::new();
+        let mut complete = true;
         for ns in &namespaces {
-            let api: Api<Broker> = match ns {
-                Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-                None => Api::all(ctx.client.clone()),
-            };
+            let api: Api<Broker> = scoped_api(&ctx.client, ns.as_deref());
             match api.list_metadata(&Default::default()).await {
                 Ok(list) => live.extend(
                     list.items
@@ -128,11 +123,14 @@ pub async fn drop_stale_connections(
                 ),
                 Err(e) => {
                     tracing::debug!(error = %e, "listing Brokers for connection cleanup failed");
-                    continue;
+                    complete = false;
                 }
             }
         }
-        ctx.connections.retain(|k| live.contains(k));
+        // A partial list would close live connections: keep them all until a full one.
+        if complete {
+            ctx.connections.retain(|k| live.contains(k));
+        }
     }
 }
 

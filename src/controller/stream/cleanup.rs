@@ -31,9 +31,7 @@ use crate::engine::{Deletion, Streams};
 pub async fn cleanup_stream<K: StreamKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
     let name = stream_name(&*obj);
     let policy = obj.settings().deletion_policy;
-    let declared = obj
-        .stream_status()
-        .is_some_and(|s| conditions::find(&s.conditions, ConditionType::Synced).is_some());
+    let declared = super::declared(&*obj);
     if policy == DeletionPolicy::Retain || !declared {
         if declared {
             publish(
@@ -48,14 +46,15 @@ pub async fn cleanup_stream<K: StreamKind>(obj: Arc<K>, ctx: Arc<Context>) -> Re
         return Ok(Action::await_change());
     }
     let ns = obj.namespace().unwrap_or_default();
-    let broker = match refs::broker(&ctx.client, &ns, obj.broker_ref()).await? {
-        Ok(b) => b,
-        Err(missing) => {
-            let note = format!("{}; stream {name} was not deleted", missing.message);
-            publish(&ctx, &*obj, EventType::Warning, "StreamLeftInBroker", note).await;
-            return Ok(Action::await_change());
-        }
-    };
+    let broker =
+        match refs::broker(&ctx.client, &ctx.config.namespaces, &ns, obj.broker_ref()).await? {
+            Ok(b) => b,
+            Err(missing) => {
+                let note = format!("{}; stream {name} was not deleted", missing.message);
+                publish(&ctx, &*obj, EventType::Warning, "StreamLeftInBroker", note).await;
+                return Ok(Action::await_change());
+            }
+        };
     let conn = match connection(&ctx, &broker) {
         Ok(c) => c,
         Err(why) => return give_up_or_retry(&*obj, &ctx, &name, why.message).await,

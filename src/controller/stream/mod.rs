@@ -17,7 +17,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::watcher;
 
 use super::context::Context;
-use super::driver::{Reconcile, dependents, publish};
+use super::driver::{Reconcile, dependents, publish, scoped_api};
 use super::error::Result;
 use super::refs;
 use super::status::{api_for, apply_status};
@@ -111,6 +111,13 @@ pub fn stream_name<K: StreamKind>(obj: &K) -> String {
         })
 }
 
+/// Whether Conveyor has created this resource's stream (or found its own) in the broker.
+pub fn declared<K: StreamKind>(obj: &K) -> bool {
+    obj.stream_status()
+        .and_then(|s| s.declared)
+        .unwrap_or(false)
+}
+
 /// The owner recorded in the stream's metadata: kind, namespace and name (not the uid, so that
 /// a resource re-created after a `Retain` deletion picks its stream up again).
 pub fn owner<K: StreamKind>(obj: &K) -> String {
@@ -131,6 +138,13 @@ pub fn connection(ctx: &Context, broker: &Broker) -> std::result::Result<Arc<Con
         .and_then(|s| conditions::find(&s.conditions, ConditionType::Reachable));
     match (ctx.connections.get(&key), reachable) {
         (Some(conn), Some(c)) if c.status == "True" => Ok(conn),
+        // Reachable, but this process has no connection yet (it just started, or took over):
+        // the Broker's own reconcile is about to make one.
+        (None, Some(c)) if c.status == "True" => Err(Desired::is_false(
+            ConditionType::Ready,
+            Reason::BrokerNotReady,
+            format!("waiting for this operator's connection to Broker {}", key.1),
+        )),
         (_, Some(c)) => Err(Desired::is_false(
             ConditionType::Ready,
             Reason::BrokerNotReady,
@@ -144,11 +158,24 @@ pub fn connection(ctx: &Context, broker: &Broker) -> std::result::Result<Arc<Con
     }
 }
 
+/// Whether the Broker says it is reachable although this process has no connection to it yet.
+fn connecting(ctx: &Context, broker: &Broker) -> bool {
+    let key = (broker.namespace().unwrap_or_default(), broker.name_any());
+    let reachable = broker
+        .status
+        .as_ref()
+        .is_some_and(|s| conditions::is_true(&s.conditions, ConditionType::Reachable));
+    reachable && ctx.connections.get(&key).is_none()
+}
+
 /// What one pass decided, before it becomes status.
 struct Pass {
     conditions: Vec<Desired>,
     state: Option<StreamState>,
-    retry: bool,
+    /// When to look again; `None`: at the next resync.
+    requeue: Option<Duration>,
+    /// The stream is in the broker and ours.
+    declared: bool,
 }
 
 impl Pass {
@@ -156,7 +183,8 @@ impl Pass {
         Self {
             conditions: vec![refs, ready],
             state: None,
-            retry: true,
+            requeue: Some(RETRY),
+            declared: false,
         }
     }
 }
@@ -186,29 +214,31 @@ async fn apply_stream<K: StreamKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<A
             .state
             .map(|s| s.last_sequence as i64)
             .or(prev.last_sequence),
+        declared: if pass.declared {
+            Some(true)
+        } else {
+            prev.declared
+        },
     };
     apply_status(&api_for(&ctx.client, &*obj), &*obj, old, &new).await?;
-    Ok(Action::requeue(if pass.retry {
-        RETRY
-    } else {
-        ctx.config.resync
-    }))
+    Ok(Action::requeue(pass.requeue.unwrap_or(ctx.config.resync)))
 }
 
 /// Resolve -> validate -> sync, as conditions and the stream's state.
 async fn sync_stream<K: StreamKind>(obj: &K, ctx: &Context) -> Result<Pass> {
     let ns = obj.namespace().unwrap_or_default();
-    let broker = match refs::broker(&ctx.client, &ns, obj.broker_ref()).await? {
-        Err(missing) => {
-            let ready = Desired::is_false(
-                ConditionType::Ready,
-                missing.reason,
-                missing.message.clone(),
-            );
-            return Ok(Pass::waiting(missing, ready));
-        }
-        Ok(b) => b,
-    };
+    let broker =
+        match refs::broker(&ctx.client, &ctx.config.namespaces, &ns, obj.broker_ref()).await? {
+            Err(missing) => {
+                let ready = Desired::is_false(
+                    ConditionType::Ready,
+                    missing.reason,
+                    missing.message.clone(),
+                );
+                return Ok(Pass::waiting(missing, ready));
+            }
+            Ok(b) => b,
+        };
     let settings = obj.settings();
     if let Some(servers) = broker_size(&broker).filter(|n| settings.replicas > *n) {
         let msg = format!(
@@ -220,6 +250,15 @@ async fn sync_stream<K: StreamKind>(obj: &K, ctx: &Context) -> Result<Pass> {
             refs::resolved(),
             Desired::is_false(ConditionType::Ready, Reason::InsufficientServers, msg),
         ));
+    }
+    if connecting(ctx, &broker) {
+        // Keep the status as it is and look again in a moment, rather than report a blip.
+        return Ok(Pass {
+            conditions: Vec::new(),
+            state: None,
+            requeue: Some(Duration::from_secs(1)),
+            declared: false,
+        });
     }
     let conn = match connection(ctx, &broker) {
         Ok(c) => c,
@@ -241,9 +280,7 @@ async fn sync_stream<K: StreamKind>(obj: &K, ctx: &Context) -> Result<Pass> {
             ));
         }
     };
-    let synced_before = obj
-        .stream_status()
-        .is_some_and(|s| conditions::find(&s.conditions, ConditionType::Synced).is_some());
+    let synced_before = declared(obj);
     let repair = settings.drift_policy == DriftPolicy::Repair;
     let mode = SyncMode {
         create: repair || !synced_before,
@@ -262,7 +299,8 @@ async fn sync_stream<K: StreamKind>(obj: &K, ctx: &Context) -> Result<Pass> {
                     Desired::is_false(ConditionType::Ready, Reason::UpdateRejected, msg),
                 ],
                 state: None,
-                retry: true,
+                requeue: Some(RETRY),
+                declared: false,
             });
         }
     };
@@ -284,10 +322,18 @@ async fn sync_stream<K: StreamKind>(obj: &K, ctx: &Context) -> Result<Pass> {
     } else {
         Desired::is_false(ConditionType::Ready, synced.reason, synced.message.clone())
     };
+    let declared = matches!(
+        outcome,
+        StreamSync::Created(_)
+            | StreamSync::Unchanged(_)
+            | StreamSync::Updated(..)
+            | StreamSync::Drifted(..)
+    );
     Ok(Pass {
         conditions: vec![refs::resolved(), synced, ready],
         state,
-        retry: false,
+        requeue: None,
+        declared,
     })
 }
 
@@ -402,10 +448,7 @@ fn watch_brokers<K: StreamKind>(
     ctx: &Context,
     namespace: Option<&str>,
 ) -> Controller<DeserializeGuard<K>> {
-    let api: Api<Broker> = match namespace {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
-    };
+    let api: Api<Broker> = scoped_api(&ctx.client, namespace);
     let store = controller.store();
     controller.watches(
         api,

@@ -44,16 +44,17 @@ pub fn stream_spec(
     owner: &str,
 ) -> Result<StreamSpec, String> {
     let r = s.retention.clone().unwrap_or_default();
+    let max_age = r
+        .max_age
+        .as_deref()
+        .map(duration)
+        .transpose()?
+        .unwrap_or_default();
     Ok(StreamSpec {
         name: name.to_string(),
         subjects,
         retention,
-        max_age: r
-            .max_age
-            .as_deref()
-            .map(duration)
-            .transpose()?
-            .unwrap_or_default(),
+        max_age,
         max_messages: r.max_messages.unwrap_or(-1),
         max_bytes: r.max_bytes.unwrap_or(-1),
         discard: match r.discard {
@@ -65,12 +66,17 @@ pub fn stream_spec(
             StorageType::File => Storage::File,
             StorageType::Memory => Storage::Memory,
         },
-        duplicate_window: s
+        duplicate_window: match s
             .deduplication_window
             .as_deref()
             .map(duration)
             .transpose()?
-            .unwrap_or(DEFAULT_DUPLICATE_WINDOW),
+        {
+            Some(window) => window,
+            // The broker refuses a window longer than the maximum age.
+            None if max_age > Duration::ZERO => DEFAULT_DUPLICATE_WINDOW.min(max_age),
+            None => DEFAULT_DUPLICATE_WINDOW,
+        },
         owner: owner.to_string(),
         description: format!("Managed by Conveyor: {owner}"),
     })
@@ -146,6 +152,14 @@ mod tests {
         assert_eq!(spec.max_age, Duration::ZERO);
         assert_eq!((spec.max_messages, spec.max_bytes), (-1, -1));
         assert_eq!(spec.duplicate_window, DEFAULT_DUPLICATE_WINDOW);
+    }
+
+    #[test]
+    fn a_short_max_age_shortens_the_default_dedup_window() {
+        let s: StreamSettings =
+            serde_json::from_value(json!({"retention": {"maxAge": "30s"}})).unwrap();
+        let spec = stream_spec("q", vec![], Retention::WorkQueue, &s, "o").unwrap();
+        assert_eq!(spec.duplicate_window, Duration::from_secs(30));
     }
 
     #[test]

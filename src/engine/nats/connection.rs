@@ -40,6 +40,9 @@ pub struct ConnectSpec {
     pub auth: Auth,
     /// PEM of the certificate authority that signed the servers' certificates.
     pub ca_pem: Option<String>,
+    /// Connect only to `urls`, never to servers the broker advertises (its cluster peers): a
+    /// broker could otherwise steer the operator, with these credentials, past the allow-list.
+    pub only_listed_urls: bool,
 }
 
 impl ConnectSpec {
@@ -291,6 +294,9 @@ async fn open(
         }
         None => None,
     };
+    if spec.only_listed_urls {
+        options = options.ignore_discovered_servers();
+    }
     if spec.urls.iter().any(|u| u.starts_with("tls://")) {
         options = options.require_tls(true);
     }

@@ -81,7 +81,9 @@ pub fn statefulset(p: &Plan) -> Result<StatefulSet, serde_json::Error> {
         "startupProbe": probe("/healthz", 5, 120),
         "livenessProbe": probe("/healthz?js-enabled-only=true", 30, 3),
         "readinessProbe": probe("/healthz?js-enabled-only=true", 10, 3),
-        "lifecycle": {"preStop": {"exec": {"command": ["nats-server", "--signal", "ldm=/proc/1/exe"]}}},
+        // The image's entrypoint execs nats-server, so it is PID 1: lame-duck mode hands the
+        // clients over to the other servers before the pod stops.
+        "lifecycle": {"preStop": {"exec": {"command": ["nats-server", "--signal", "ldm=1"]}}},
         "securityContext": {
             "allowPrivilegeEscalation": false,
             "readOnlyRootFilesystem": true,
