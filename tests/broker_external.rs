@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::nats::NatsServer;
 use common::operator::Operator;
+use common::wait_condition;
 use conveyor::api::Broker;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
@@ -27,30 +28,6 @@ fn broker(name: &str, url: &str, secret: Option<&str>) -> Broker {
         "spec": {"engine": "nats", "external": external}
     }))
     .unwrap()
-}
-
-/// The condition `type_` of a Broker as (status, reason, message).
-async fn condition(api: &Api<Broker>, name: &str, type_: &str) -> Option<(String, String, String)> {
-    let b = api.get(name).await.ok()?;
-    let c = b
-        .status?
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == type_)?;
-    Some((c.status, c.reason, c.message))
-}
-
-async fn wait_condition(
-    api: &Api<Broker>,
-    name: &str,
-    type_: &str,
-    status: &str,
-) -> (String, String) {
-    common::wait_for(&format!("Broker {name} {type_}={status}"), T, || async {
-        let (s, reason, message) = condition(api, name, type_).await?;
-        (s == status).then_some((reason, message))
-    })
-    .await
 }
 
 fn operator(plane: &common::Plane, ns: &str) -> Operator {
@@ -75,7 +52,7 @@ async fn external_broker_follows_the_server_going_away_and_coming_back() {
         .await
         .unwrap();
 
-    wait_condition(&api, "events", "Ready", "True").await;
+    wait_condition(&api, "events", "Ready", "True", T).await;
     let status = api.get("events").await.unwrap().status.unwrap();
     assert_eq!(
         status.server_version.as_deref(),
@@ -95,14 +72,14 @@ async fn external_broker_follows_the_server_going_away_and_coming_back() {
         .await;
     server.stop();
     let stopped = Instant::now();
-    let (reason, message) = wait_condition(&api, "events", "Reachable", "False").await;
+    let (reason, message) = wait_condition(&api, "events", "Reachable", "False", T).await;
     let went_down = stopped.elapsed();
     assert_eq!(reason, "Unreachable");
     assert!(
         message.contains(&server.url),
         "the message names the endpoint: {message}"
     );
-    let (ready_reason, _) = wait_condition(&api, "events", "Ready", "False").await;
+    let (ready_reason, _) = wait_condition(&api, "events", "Ready", "False", T).await;
     assert_eq!(ready_reason, "Unreachable");
 
     // While the server is down the operator retries with backoff, not in a hot loop.
@@ -118,9 +95,9 @@ async fn external_broker_follows_the_server_going_away_and_coming_back() {
 
     server.restart();
     let restarted = Instant::now();
-    wait_condition(&api, "events", "Ready", "True").await;
+    wait_condition(&api, "events", "Ready", "True", T).await;
     let came_back = restarted.elapsed();
-    let (reason, _) = wait_condition(&api, "events", "Reachable", "True").await;
+    let (reason, _) = wait_condition(&api, "events", "Reachable", "True", T).await;
     assert_eq!(reason, "Connected");
     eprintln!(
         "Reachable went False {went_down:?} after the server stopped; Ready came back {came_back:?} after it restarted"
@@ -144,7 +121,7 @@ async fn credentials_come_from_the_brokers_own_secret() {
     .await
     .unwrap();
 
-    let (reason, message) = wait_condition(&api, "secured", "ResolvedRefs", "False").await;
+    let (reason, message) = wait_condition(&api, "secured", "ResolvedRefs", "False", T).await;
     assert_eq!(reason, "SecretNotFound");
     assert!(message.contains("nats-credentials"), "{message}");
 
@@ -158,13 +135,13 @@ async fn credentials_come_from_the_brokers_own_secret() {
         .create(&PostParams::default(), &secret)
         .await
         .unwrap();
-    wait_condition(&api, "secured", "Ready", "True").await;
+    wait_condition(&api, "secured", "Ready", "True", T).await;
 
     // Without credentials the same server refuses the operator.
     api.create(&PostParams::default(), &broker("anonymous", &url, None))
         .await
         .unwrap();
-    let (reason, _) = wait_condition(&api, "anonymous", "Reachable", "False").await;
+    let (reason, _) = wait_condition(&api, "anonymous", "Reachable", "False", T).await;
     assert_eq!(reason, "Unreachable");
 }
 
@@ -183,12 +160,12 @@ async fn destinations_outside_the_allow_list_are_refused() {
     api.create(&PostParams::default(), &broker("elsewhere", &denied, None))
         .await
         .unwrap();
-    let (reason, message) = wait_condition(&api, "elsewhere", "Reachable", "False").await;
+    let (reason, message) = wait_condition(&api, "elsewhere", "Reachable", "False", T).await;
     assert_eq!(reason, "DestinationNotAllowed");
     assert!(
         message.contains("127.0.0.2") && message.contains("--allowed-broker-destinations"),
         "{message}"
     );
-    let (ready_reason, _) = wait_condition(&api, "elsewhere", "Ready", "False").await;
+    let (ready_reason, _) = wait_condition(&api, "elsewhere", "Ready", "False", T).await;
     assert_eq!(ready_reason, "DestinationNotAllowed");
 }

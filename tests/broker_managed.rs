@@ -98,18 +98,6 @@ fn managed(name: &str, class: &str, replicas: i32) -> Broker {
     .unwrap()
 }
 
-async fn condition(api: &Api<Broker>, name: &str, type_: &str) -> Option<(String, String, String)> {
-    let c = api
-        .get(name)
-        .await
-        .ok()?
-        .status?
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == type_)?;
-    Some((c.status, c.reason, c.message))
-}
-
 /// Waits until the Broker is Ready with `n` ready servers, and the StatefulSet has finished rolling.
 async fn wait_ready(brokers: &Api<Broker>, sets: &Api<StatefulSet>, n: i32) {
     common::wait_for(&format!("Broker Ready with {n} servers"), T, || async {
@@ -278,7 +266,9 @@ async fn managed_broker_renders_rolls_scales_and_keeps_its_volumes() {
         status.endpoint,
         Some(format!("nats://events-nats.{}.svc:4222", ns.name))
     );
-    let (reachable, reason, _) = condition(&brokers, "events", "Reachable").await.unwrap();
+    let (reachable, reason, _) = common::condition(&brokers, "events", "Reachable")
+        .await
+        .unwrap();
     assert_eq!(
         (reachable.as_str(), reason.as_str()),
         ("False", "Unreachable")
@@ -322,7 +312,7 @@ async fn managed_broker_renders_rolls_scales_and_keeps_its_volumes() {
         .await
         .unwrap();
     let why = common::wait_for("the scale-down to be refused", T, || async {
-        let (s, reason, message) = condition(&brokers, "events", "Progressing").await?;
+        let (s, reason, message) = common::condition(&brokers, "events", "Progressing").await?;
         (s == "False" && reason == "ScaleDownRefused").then_some(message)
     })
     .await;

@@ -7,7 +7,8 @@
 //! taken from the environment or from the `.cluster/env` file `hack/cluster.sh up` writes.
 //! Without it each test skips with one line on stderr, unless `CONVEYOR_REQUIRE_CLUSTER=1`.
 
-use std::io::Write;
+mod common;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -25,36 +26,11 @@ use tokio::sync::mpsc;
 /// Upper bound for anything the server or client should do "at once".
 const DEADLINE: Duration = Duration::from_secs(10);
 
-/// Reads `NAME` from the environment or from the `export NAME=value` lines of `.cluster/env`.
-fn setting(name: &str) -> Option<String> {
-    if let Some(v) = std::env::var(name).ok().filter(|v| !v.is_empty()) {
-        return Some(v);
-    }
-    let dir = std::env::var_os("CONVEYOR_CLUSTER_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cluster"));
-    let text = std::fs::read_to_string(dir.join("env")).ok()?;
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("export "))
-        .filter_map(|l| l.split_once('='))
-        .find(|(k, _)| k.trim() == name)
-        .map(|(_, v)| v.trim().trim_matches(|c| c == '"' || c == '\'').to_string())
-}
-
 /// The `nats-server` binary, or `None` after printing a skip line.
-fn nats_server(test: &str) -> Option<PathBuf> {
-    let bin = setting("CONVEYOR_TESTBIN")
-        .map(|dir| Path::new(&dir).join("nats-server"))
-        .filter(|p| p.is_file());
+fn nats_server(_test: &str) -> Option<PathBuf> {
+    let bin = common::testbin("nats-server");
     if bin.is_none() {
-        if std::env::var("CONVEYOR_REQUIRE_CLUSTER").is_ok_and(|v| v == "1") {
-            panic!("CONVEYOR_REQUIRE_CLUSTER=1 but no nats-server; run hack/cluster.sh up");
-        }
-        // To the stderr handle, not eprintln!, so the harness does not capture the skip.
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED {test}: no nats-server; run hack/cluster.sh up"
-        );
+        common::skip("no nats-server; run hack/cluster.sh up");
     }
     bin
 }

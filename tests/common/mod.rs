@@ -294,24 +294,43 @@ where
 }
 
 /// Installs Conveyor's CRDs from `crds/` with server-side apply and waits until each is
-/// Established. Idempotent, so every test that needs them calls it.
+/// Established (and, when a schema changed, until the API server serves it). Idempotent, so
+/// every test that needs them calls it.
 pub async fn install_crds(plane: &Plane) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::api::{Patch, PatchParams};
     let api: Api<CustomResourceDefinition> = Api::all(plane.client.clone());
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(repo_root().join("crds")).expect("crds/") {
-        let path = entry.expect("crds/ entry").path();
-        let text = std::fs::read_to_string(&path).expect("reading a CRD");
-        let crd: CustomResourceDefinition = serde_saphyr::from_str(&text).expect("parsing a CRD");
-        let name = crd.metadata.name.clone().expect("CRD name");
-        api.patch(
-            &name,
-            &PatchParams::apply("conveyor-test").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .expect("applying a CRD");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo_root().join("crds"))
+        .expect("reading crds/")
+        .map(|e| e.expect("a crds/ entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert_eq!(
+        files.len(),
+        4,
+        "expected 4 CRD files under crds/: {files:?}"
+    );
+    let (mut names, mut changed) = (Vec::new(), false);
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("reading a CRD file");
+        let crd: CustomResourceDefinition = serde_saphyr::from_str(&text)
+            .unwrap_or_else(|e| panic!("parsing {}: {e}", file.display()));
+        let name = crd.metadata.name.clone().expect("a CRD name");
+        let before = api
+            .get_opt(&name)
+            .await
+            .expect("reading a CRD")
+            .and_then(|c| c.metadata.generation);
+        let applied = api
+            .patch(
+                &name,
+                &PatchParams::apply("conveyor-test").force(),
+                &Patch::Apply(&crd),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
+        changed |= applied.metadata.generation != before;
         names.push(name);
     }
     for name in names {
@@ -329,6 +348,11 @@ pub async fn install_crds(plane: &Plane) {
             },
         )
         .await;
+    }
+    if changed {
+        // An Established CRD whose schema just changed is served with the new schema a moment
+        // later; give the API server that moment.
+        tokio::time::sleep(Duration::from_secs(3)).await;
     }
 }
 
