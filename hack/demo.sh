@@ -45,7 +45,7 @@ echo "demo: operator ready (probes and metrics on http://127.0.0.1:$port)"
 
 kubectl apply -f examples/order-processing.yaml
 sed "s|\${NATS_URL}|$CONVEYOR_TEST_NATS_URL|" examples/local-broker.yaml | kubectl apply -f -
-kubectl wait --for=condition=Ready -n shop-local broker/local --timeout=60s >/dev/null
+kubectl wait --for=condition=Ready -n shop-local broker/local topic/orders queue/invoices --timeout=60s >/dev/null
 kubectl wait --for=condition=Ready -n shop broker/events --timeout=120s >/dev/null
 kubectl wait --for=jsonpath='{.status.observedGeneration}'=1 -n shop \
   topic/orders eventsubscription/payment eventsubscription/inventory eventsubscription/shipping \
@@ -53,12 +53,13 @@ kubectl wait --for=jsonpath='{.status.observedGeneration}'=1 -n shop \
 echo
 kubectl get conveyor -n shop -o wide
 echo
-kubectl get brokers -n shop-local -o wide
+kubectl get conveyor -n shop-local -o wide
 cat <<MSG
 
 The managed Broker shop/events runs three NATS servers (kwok keeps their pods Ready without
 running them, so the operator cannot reach it: Reachable=False). shop-local/local is the
-plane's real nats-server, connected and Ready.
+plane's real nats-server: its Topic and Queue are real JetStream streams
+(topic_shop-local_orders, queue_shop-local_invoices).
 The operator keeps running; its log is $CONVEYOR_CLUSTER_DIR/logs/conveyor.log.
   source .cluster/env; kubectl describe topic orders -n shop    # conditions in full
   hack/cluster.sh down                                            # stop everything
