@@ -93,6 +93,10 @@ struct RunArgs {
         default_value_t = 300
     )]
     unreachable_deletion_grace_seconds: u64,
+    /// Seconds between refreshes of a Queue's or Topic's depth in status (each also looks for
+    /// drift in the broker).
+    #[arg(long, env = "CONVEYOR_STREAM_REFRESH_SECONDS", default_value_t = 30)]
+    stream_refresh_seconds: u64,
     /// Seconds between reconciliations of an unchanged object.
     #[arg(long, env = "CONVEYOR_RESYNC_SECONDS", default_value_t = 300)]
     resync_seconds: u64,
@@ -144,6 +148,7 @@ async fn run_operator(args: RunArgs) -> Result<(), String> {
                 .filter(|n| !n.is_empty())
                 .collect(),
             resync: Duration::from_secs(args.resync_seconds.max(1)),
+            stream_refresh: Duration::from_secs(args.stream_refresh_seconds.max(1)),
             instance: args.identity,
             destinations,
             operator_namespace: args.operator_namespace,

@@ -154,7 +154,7 @@ macro_rules! env {
 
 #[tokio::test]
 async fn queues_are_created_updated_and_deleted_under_each_policy() {
-    let env = env!("queue-lifecycle", &["--resync-seconds", "2"]);
+    let env = env!("queue-lifecycle", &["--stream-refresh-seconds", "2"]);
     for (name, policy) in [
         ("keep", "Retain"),
         ("drop", "Delete"),
@@ -311,7 +311,7 @@ async fn topic_event_types_are_subjects_and_schemas_are_checked() {
 
 #[tokio::test]
 async fn drift_is_repaired_or_only_reported() {
-    let env = env!("stream-drift", &["--resync-seconds", "2"]);
+    let env = env!("stream-drift", &["--stream-refresh-seconds", "2"]);
     env.create_queue("repaired", json!({"retention": {"maxAge": "1h"}}))
         .await;
     env.create_queue(

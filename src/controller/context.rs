@@ -22,6 +22,8 @@ pub struct Config {
     pub namespaces: Vec<String>,
     /// How often an object is reconciled when nothing changes.
     pub resync: Duration,
+    /// How often a Queue's or Topic's depth in status is refreshed (and drift looked for).
+    pub stream_refresh: Duration,
     /// This process's name in Events (the pod name in a cluster).
     pub instance: Option<String>,
     /// Where external Brokers may point.

@@ -221,7 +221,9 @@ async fn apply_stream<K: StreamKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<A
         },
     };
     apply_status(&api_for(&ctx.client, &*obj), &*obj, old, &new).await?;
-    Ok(Action::requeue(pass.requeue.unwrap_or(ctx.config.resync)))
+    Ok(Action::requeue(
+        pass.requeue.unwrap_or(ctx.config.stream_refresh),
+    ))
 }
 
 /// Resolve -> validate -> sync, as conditions and the stream's state.
