@@ -360,8 +360,45 @@ async fn managed_broker_renders_rolls_scales_and_keeps_its_volumes() {
             "claim {i} kept: {names:?}"
         );
     }
+    let kept = secrets
+        .get_opt("events-nats-auth")
+        .await
+        .unwrap()
+        .expect("the keys are kept with the data");
+    let operator_jwt = String::from_utf8_lossy(&kept.data.unwrap()["operator.jwt"].0).into_owned();
+
+    // A new Broker of the same name picks up the kept claims and keys.
+    let claims_before: Vec<String> = claims
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|c| c.uid().unwrap())
+        .collect();
+    brokers
+        .create(
+            &PostParams::default(),
+            &managed("events", &volumes.class, 3),
+        )
+        .await
+        .unwrap();
+    wait_ready(&brokers, &sets, 3).await;
+    let conf = cm.get("events-nats-config").await.unwrap().data.unwrap()["nats.conf"].clone();
     assert!(
-        secrets.get_opt("events-nats-auth").await.unwrap().is_some(),
-        "the keys are kept with the data"
+        conf.contains(&format!("operator: {operator_jwt:?}")),
+        "the same operator key is trusted again"
+    );
+    let claims_after: Vec<String> = claims
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|c| c.uid().unwrap())
+        .collect();
+    assert_eq!(
+        claims_before, claims_after,
+        "the same claims, with their data, are used again"
     );
 }
