@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Prints Conveyor's measured figures, from the integration tests that measure them against the
+# local plane and real nats-servers (started if needed): reconcile throughput for 200 Queues,
+# how fast Reachable follows a broker going away and coming back, how fast a Queue converges
+# after an outage, and leader handover and shutdown times. Figures, not pass/fail thresholds.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+hack/prereqs.sh
+started=
+if ! hack/cluster.sh status >/dev/null 2>&1; then
+  hack/cluster.sh up
+  started=1
+fi
+cleanup() {
+  if [[ -n $started ]]; then hack/cluster.sh down; fi
+}
+trap cleanup EXIT
+# shellcheck source=/dev/null
+source .cluster/env
+export CONVEYOR_REQUIRE_CLUSTER=1
+
+run() {
+  cargo test --locked --quiet --test "$1" "$2" -- --exact --nocapture 2>&1 | grep -E "$3" || {
+    echo "bench: $1::$2 printed no figure" >&2
+    return 1
+  }
+}
+echo "== Conveyor figures ($(nproc) cores) =="
+run streams two_hundred_queues_applied_at_once_all_become_ready "Queues applied at once"
+run streams a_queue_created_while_the_broker_is_down_converges_when_it_returns "became Ready"
+run broker_external external_broker_follows_the_server_going_away_and_coming_back "Reachable went False"
+run operator_process exactly_one_of_two_operators_reconciles_and_the_standby_takes_over "took over"
+run operator_process operator_becomes_ready_serves_metrics_and_exits_cleanly_on_sigterm "after SIGTERM"
