@@ -402,3 +402,53 @@ async fn managed_broker_renders_rolls_scales_and_keeps_its_volumes() {
         "the same claims, with their data, are used again"
     );
 }
+
+#[tokio::test]
+async fn a_broker_with_delete_policy_takes_its_claims_and_keys_along() {
+    let (plane, ns) = setup!("broker-managed-delete");
+    common::install_crds(&plane).await;
+    let volumes = Volumes::create(&plane.client, &ns, 1).await;
+    let _op = Operator::start(&plane, &ns.name, "managed-delete");
+    let c = &plane.client;
+    let brokers: Api<Broker> = Api::namespaced(c.clone(), &ns.name);
+    let sets: Api<StatefulSet> = Api::namespaced(c.clone(), &ns.name);
+    let mut broker = managed("events", &volumes.class, 1);
+    broker
+        .spec
+        .managed
+        .as_mut()
+        .unwrap()
+        .storage
+        .deletion_policy = conveyor::api::broker::VolumeDeletionPolicy::Delete;
+    brokers
+        .create(&PostParams::default(), &broker)
+        .await
+        .unwrap();
+    wait_ready(&brokers, &sets, 1).await;
+    let secrets: Api<Secret> = Api::namespaced(c.clone(), &ns.name);
+    let created = brokers.get("events").await.unwrap();
+    assert!(owned_by_broker(
+        &secrets.get("events-nats-auth").await.unwrap().metadata,
+        &created
+    ));
+
+    brokers
+        .delete("events", &DeleteParams::default())
+        .await
+        .unwrap();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(c.clone(), &ns.name);
+    common::wait_for(
+        "the claim and the keys to be deleted with the Broker",
+        T,
+        || async {
+            let claim_gone = claims
+                .get_opt("data-events-nats-0")
+                .await
+                .unwrap()
+                .is_none();
+            let keys_gone = secrets.get_opt("events-nats-auth").await.unwrap().is_none();
+            (claim_gone && keys_gone).then_some(())
+        },
+    )
+    .await;
+}
