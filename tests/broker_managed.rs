@@ -130,6 +130,15 @@ async fn pods_hash(pods: &Api<Pod>) -> Vec<String> {
         .collect()
 }
 
+/// Merge-patches `spec.managed` of the Broker `events`.
+async fn patch_managed(brokers: &Api<Broker>, managed: serde_json::Value) {
+    let patch = json!({"spec": {"managed": managed}});
+    brokers
+        .patch("events", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+}
+
 fn owned_by_broker(meta: &kube::api::ObjectMeta, broker: &Broker) -> bool {
     meta.owner_references
         .iter()
@@ -276,14 +285,7 @@ async fn managed_broker_renders_rolls_scales_and_keeps_its_volumes() {
 
     // A configuration change rolls every pod onto the new configuration.
     let before = pods_hash(&pods).await;
-    brokers
-        .patch(
-            "events",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"managed": {"maxPayload": 2097152}}})),
-        )
-        .await
-        .unwrap();
+    patch_managed(&brokers, json!({"maxPayload": 2097152})).await;
     common::wait_for("every pod to run the new configuration", T, || async {
         let hashes = pods_hash(&pods).await;
         (hashes.len() == 3 && hashes.iter().all(|h| !before.contains(h))).then_some(())
@@ -292,25 +294,11 @@ async fn managed_broker_renders_rolls_scales_and_keeps_its_volumes() {
     wait_ready(&brokers, &sets, 3).await;
 
     // Scaling up works.
-    brokers
-        .patch(
-            "events",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"managed": {"replicas": 5}}})),
-        )
-        .await
-        .unwrap();
+    patch_managed(&brokers, json!({"replicas": 5})).await;
     wait_ready(&brokers, &sets, 5).await;
 
     // Scaling down is refused: the operator cannot verify that no stream would lose replicas.
-    brokers
-        .patch(
-            "events",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"managed": {"replicas": 3}}})),
-        )
-        .await
-        .unwrap();
+    patch_managed(&brokers, json!({"replicas": 3})).await;
     let why = common::wait_for("the scale-down to be refused", T, || async {
         let (s, reason, message) = common::condition(&brokers, "events", "Progressing").await?;
         (s == "False" && reason == "ScaleDownRefused").then_some(message)
@@ -324,14 +312,7 @@ async fn managed_broker_renders_rolls_scales_and_keeps_its_volumes() {
     );
 
     // The explicit override lets it through.
-    brokers
-        .patch(
-            "events",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"managed": {"allowUnsafeScaleDown": true}}})),
-        )
-        .await
-        .unwrap();
+    patch_managed(&brokers, json!({"allowUnsafeScaleDown": true})).await;
     wait_ready(&brokers, &sets, 3).await;
 
     // Deleting the Broker removes its servers but keeps the claims and the keys.

@@ -9,49 +9,15 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::operator::free_port;
-use conveyor::engine::nats::jwt::{self, AccountLimits, Permissions, Role};
+use conveyor::engine::nats::identities;
 use conveyor::resources::nats::Names;
 use conveyor::resources::nats::config::{AuthConfig, ConfigInput, Paths, render};
 
-/// Auth material as the operator generates it, and Conveyor's creds.
+/// Auth material exactly as the operator generates and reads it, and Conveyor's creds.
 fn auth() -> (AuthConfig, String) {
-    let iat = 1_800_000_000;
-    let operator = jwt::generate_key(Role::Operator);
-    let system = jwt::generate_key(Role::Account);
-    let account = jwt::generate_key(Role::Account);
-    let user = jwt::generate_key(Role::User);
-    let op = jwt::operator_jwt(&operator, "events", &system.public_key(), iat).unwrap();
-    let sys = jwt::account_jwt(
-        &operator,
-        &system.public_key(),
-        "SYS",
-        AccountLimits::without_jetstream(),
-        iat,
-    )
-    .unwrap();
-    let acc = jwt::account_jwt(
-        &operator,
-        &account.public_key(),
-        "events",
-        AccountLimits::with_unlimited_jetstream(),
-        iat,
-    )
-    .unwrap();
-    let user_jwt = jwt::user_jwt(
-        &account,
-        &user.public_key(),
-        "conveyor",
-        &Permissions::default(),
-        iat,
-    )
-    .unwrap();
-    let creds = jwt::creds_file(&user_jwt, &jwt::seed(&user).unwrap()).unwrap();
-    let config = AuthConfig {
-        operator_jwt: op,
-        system_account: system.public_key(),
-        accounts: vec![(system.public_key(), sys), (account.public_key(), acc)],
-    };
-    (config, creds)
+    let stored = identities::generate("events", 1_800_000_000).unwrap();
+    let ids = identities::read(|k| stored.get(k).cloned()).unwrap();
+    (ids.config, ids.creds)
 }
 
 /// A CA and a server certificate for 127.0.0.1 in `dir` (tls.crt, tls.key, ca.crt), made with openssl.
@@ -256,11 +222,6 @@ async fn a_server_on_the_rendered_configuration_serves_conveyors_credentials_ove
         .unwrap()
         .await
         .unwrap();
-    assert_eq!(
-        stream.cached_info().state.messages,
-        0,
-        "cached before the publish"
-    );
     let mut stream = stream;
     assert_eq!(stream.info().await.unwrap().state.messages, 1);
 

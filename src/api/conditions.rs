@@ -179,6 +179,12 @@ impl Desired {
     pub fn is_false(type_: ConditionType, reason: Reason, message: impl Into<String>) -> Self {
         Self::new(type_, false, reason, message)
     }
+
+    /// `Ready=False` with this condition's reason and message: what a resource reports when
+    /// this condition keeps it from being ready.
+    pub fn as_not_ready(&self) -> Self {
+        Self::is_false(ConditionType::Ready, self.reason, self.message.clone())
+    }
 }
 
 fn status_str(status: bool) -> &'static str {

@@ -51,10 +51,7 @@ impl Reconcile for EventSubscription {
     async fn apply(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action> {
         let resolved = resolve(&obj, &ctx.client).await?;
         let (refs_cond, ready) = match &resolved {
-            Err(c) => (
-                c.clone(),
-                Desired::is_false(ConditionType::Ready, c.reason, c.message.clone()),
-            ),
+            Err(c) => (c.clone(), c.as_not_ready()),
             Ok(source) => (refs::resolved(), ready_for(source)),
         };
         let old = obj.status.as_ref();

@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 
-use super::{Observed, probe};
+use super::{Observed, probe, secret_text};
 use crate::api::Broker;
 use crate::api::broker::ExternalBroker;
 use crate::api::conditions::{ConditionType, Desired, Reason};
@@ -41,11 +41,7 @@ pub async fn reconcile(obj: &Broker, ctx: &Context) -> Result<Observed> {
     let spec = match connect_spec(&ctx.client, &ns, ext).await? {
         Ok(spec) => spec,
         Err(missing) => {
-            let ready = Desired::is_false(
-                ConditionType::Ready,
-                missing.reason,
-                missing.message.clone(),
-            );
+            let ready = missing.as_not_ready();
             return Ok(Observed {
                 conditions: vec![missing, ready],
                 endpoint,
@@ -85,14 +81,6 @@ async fn check_destinations(ctx: &Context, urls: &[String]) -> std::result::Resu
     .unwrap_or_else(|e| Err(Refused::BadUrl(format!("checking the URLs failed: {e}"))))
 }
 
-fn text(secret: &Secret, key: &str) -> Option<String> {
-    secret
-        .data
-        .as_ref()?
-        .get(key)
-        .map(|v| String::from_utf8_lossy(&v.0).trim().to_string())
-}
-
 /// The connection settings from the Broker's own Secrets, or the condition naming what is missing.
 async fn connect_spec(
     client: &Client,
@@ -112,10 +100,10 @@ async fn connect_spec(
             return Ok(Err(missing(&r.name, "spec.external.credentialsSecretRef")));
         };
         auth = match (
-            text(&secret, "creds"),
-            text(&secret, "token"),
-            text(&secret, "user"),
-            text(&secret, "password"),
+            secret_text(&secret, "creds"),
+            secret_text(&secret, "token"),
+            secret_text(&secret, "user"),
+            secret_text(&secret, "password"),
         ) {
             (Some(creds), _, _, _) => Auth::Creds(creds),
             (_, Some(token), _, _) => Auth::Token(token),
@@ -133,7 +121,7 @@ async fn connect_spec(
         let ca = secrets
             .get_opt(&r.name)
             .await?
-            .and_then(|s| text(&s, "ca.crt"));
+            .and_then(|s| secret_text(&s, "ca.crt"));
         let Some(ca) = ca else {
             return Ok(Err(missing(
                 &r.name,

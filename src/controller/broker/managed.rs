@@ -19,29 +19,11 @@ use crate::controller::error::{Error, Result};
 use crate::controller::refs;
 use crate::engine::Engine;
 use crate::engine::nats::connection::{Auth, ConnectSpec};
-use crate::engine::nats::jwt::{self, AccountLimits, Permissions, Role};
+use crate::engine::nats::identities::{self, Identities};
 use crate::resources::labels::broker_labels;
 use crate::resources::nats::config::{self, AuthConfig, ConfigInput, Paths};
 use crate::resources::nats::{self as objects, Names, Plan, statefulset};
 use crate::resources::quantity;
-
-/// Keys of a managed broker's auth Secret.
-pub mod auth_keys {
-    pub const OPERATOR_SEED: &str = "operator.seed";
-    pub const OPERATOR_JWT: &str = "operator.jwt";
-    pub const SYSTEM_ACCOUNT_SEED: &str = "system-account.seed";
-    pub const SYSTEM_ACCOUNT_JWT: &str = "system-account.jwt";
-    pub const ACCOUNT_SEED: &str = "account.seed";
-    pub const ACCOUNT_JWT: &str = "account.jwt";
-    /// The credentials Conveyor itself connects with.
-    pub const CONVEYOR_CREDS: &str = "conveyor.creds";
-}
-
-/// The public part of the auth material, and Conveyor's own credentials.
-struct AuthMaterial {
-    config: AuthConfig,
-    creds: String,
-}
 
 pub async fn reconcile(obj: &Broker, ctx: &Context) -> Result<Observed> {
     let Some(spec) = &obj.spec.managed else {
@@ -63,11 +45,7 @@ pub async fn reconcile(obj: &Broker, ctx: &Context) -> Result<Observed> {
                         tls.secret_name
                     ),
                 );
-                let ready = Desired::is_false(
-                    ConditionType::Ready,
-                    missing.reason,
-                    missing.message.clone(),
-                );
+                let ready = missing.as_not_ready();
                 return Ok(Observed {
                     conditions: vec![missing, ready],
                     endpoint,
@@ -288,7 +266,7 @@ async fn auth_material(
     ctx: &Context,
     names: &Names,
     spec: &ManagedBroker,
-) -> Result<AuthMaterial> {
+) -> Result<Identities> {
     let ns = obj.namespace().unwrap_or_default();
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     // Owned by the Broker (and so deleted with it) exactly when its volumes are.
@@ -319,87 +297,18 @@ async fn auth_material(
             }
         }
     };
-    let get = |key: &str| -> Result<String> {
-        secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(key))
-            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
-            .ok_or_else(|| Error::Credentials(format!("Secret {ns}/{} lacks {key}; restore it from a backup (new keys would lock out existing clients and data)", names.auth)))
-    };
-    let system_account = jwt::key_from_seed(Role::Account, &get(auth_keys::SYSTEM_ACCOUNT_SEED)?)
-        .map_err(cred)?
-        .public_key();
-    let account = jwt::key_from_seed(Role::Account, &get(auth_keys::ACCOUNT_SEED)?)
-        .map_err(cred)?
-        .public_key();
-    Ok(AuthMaterial {
-        config: AuthConfig {
-            operator_jwt: get(auth_keys::OPERATOR_JWT)?,
-            system_account: system_account.clone(),
-            accounts: vec![
-                (system_account, get(auth_keys::SYSTEM_ACCOUNT_JWT)?),
-                (account, get(auth_keys::ACCOUNT_JWT)?),
-            ],
-        },
-        creds: get(auth_keys::CONVEYOR_CREDS)?,
+    identities::read(|key| super::secret_text(&secret, key)).map_err(|e| {
+        Error::Credentials(format!(
+            "Secret {ns}/{}: {e}; restore it from a backup (new keys would lock out existing clients and data)",
+            names.auth
+        ))
     })
 }
 
-fn cred(e: jwt::Error) -> Error {
-    Error::Credentials(e.to_string())
-}
-
-/// A new operator, system account, application account (with JetStream) and Conveyor's own
-/// user, as a Secret.
+/// A Secret holding new identities for the broker.
 fn new_auth_secret(broker: &str, name: &str, ns: &str) -> Result<Secret> {
     let iat = k8s_openapi::jiff::Timestamp::now().as_second();
-    let operator = jwt::generate_key(Role::Operator);
-    let system = jwt::generate_key(Role::Account);
-    let account = jwt::generate_key(Role::Account);
-    let user = jwt::generate_key(Role::User);
-    let operator_jwt =
-        jwt::operator_jwt(&operator, broker, &system.public_key(), iat).map_err(cred)?;
-    let system_jwt = jwt::account_jwt(
-        &operator,
-        &system.public_key(),
-        "SYS",
-        AccountLimits::without_jetstream(),
-        iat,
-    )
-    .map_err(cred)?;
-    let account_jwt = jwt::account_jwt(
-        &operator,
-        &account.public_key(),
-        broker,
-        AccountLimits::with_unlimited_jetstream(),
-        iat,
-    )
-    .map_err(cred)?;
-    let user_jwt = jwt::user_jwt(
-        &account,
-        &user.public_key(),
-        "conveyor",
-        &Permissions::default(),
-        iat,
-    )
-    .map_err(cred)?;
-    let creds = jwt::creds_file(&user_jwt, &jwt::seed(&user).map_err(cred)?).map_err(cred)?;
-    let data = [
-        (
-            auth_keys::OPERATOR_SEED,
-            jwt::seed(&operator).map_err(cred)?,
-        ),
-        (auth_keys::OPERATOR_JWT, operator_jwt),
-        (
-            auth_keys::SYSTEM_ACCOUNT_SEED,
-            jwt::seed(&system).map_err(cred)?,
-        ),
-        (auth_keys::SYSTEM_ACCOUNT_JWT, system_jwt),
-        (auth_keys::ACCOUNT_SEED, jwt::seed(&account).map_err(cred)?),
-        (auth_keys::ACCOUNT_JWT, account_jwt),
-        (auth_keys::CONVEYOR_CREDS, creds),
-    ];
+    let data = identities::generate(broker, iat).map_err(|e| Error::Credentials(e.to_string()))?;
     Ok(Secret {
         metadata: kube::api::ObjectMeta {
             name: Some(name.to_string()),

@@ -183,6 +183,13 @@ pub async fn probe(
     }
 }
 
+/// The value of `key` in `secret` as text, without surrounding whitespace (values written
+/// with `echo` end in a newline).
+pub fn secret_text(secret: &Secret, key: &str) -> Option<String> {
+    let value = secret.data.as_ref()?.get(key)?;
+    Some(String::from_utf8_lossy(&value.0).trim().to_string())
+}
+
 /// Reads `key` of Secret `name` in `ns` as text; `Ok(None)` when the Secret or key is missing.
 pub async fn secret_value(
     client: &Client,
@@ -191,13 +198,7 @@ pub async fn secret_value(
     key: &str,
 ) -> Result<Option<String>> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let Some(secret) = api.get_opt(name).await? else {
-        return Ok(None);
-    };
-    Ok(secret.data.and_then(|d| {
-        d.get(key)
-            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
-    }))
+    Ok(api.get_opt(name).await?.and_then(|s| secret_text(&s, key)))
 }
 
 async fn write_status(obj: &Broker, ctx: &Context, o: Observed) -> Result<()> {

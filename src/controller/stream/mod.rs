@@ -232,11 +232,7 @@ async fn sync_stream<K: StreamKind>(obj: &K, ctx: &Context) -> Result<Pass> {
     let broker =
         match refs::broker(&ctx.client, &ctx.config.namespaces, &ns, obj.broker_ref()).await? {
             Err(missing) => {
-                let ready = Desired::is_false(
-                    ConditionType::Ready,
-                    missing.reason,
-                    missing.message.clone(),
-                );
+                let ready = missing.as_not_ready();
                 return Ok(Pass::waiting(missing, ready));
             }
             Ok(b) => b,
@@ -322,7 +318,7 @@ async fn sync_stream<K: StreamKind>(obj: &K, ctx: &Context) -> Result<Pass> {
             format!("stream {name} is in the broker"),
         )
     } else {
-        Desired::is_false(ConditionType::Ready, synced.reason, synced.message.clone())
+        synced.as_not_ready()
     };
     let declared = matches!(
         outcome,

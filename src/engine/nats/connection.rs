@@ -335,5 +335,22 @@ mod tests {
         assert_eq!(a.fingerprint(), b.fingerprint());
         b.auth = Auth::Token("t".into());
         assert_ne!(a.fingerprint(), b.fingerprint());
+        let changed = [
+            ConnectSpec {
+                urls: vec!["nats://b:4222".into()],
+                ..a.clone()
+            },
+            ConnectSpec {
+                ca_pem: Some("pem".into()),
+                ..a.clone()
+            },
+            ConnectSpec {
+                only_listed_urls: true,
+                ..a.clone()
+            },
+        ];
+        for c in changed {
+            assert_ne!(a.fingerprint(), c.fingerprint(), "{c:?}");
+        }
     }
 }

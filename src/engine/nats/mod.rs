@@ -1,5 +1,6 @@
 //! The NATS JetStream engine.
 
 pub mod connection;
+pub mod identities;
 pub mod jwt;
 pub mod streams;
