@@ -60,7 +60,7 @@ async fn external_broker_follows_the_server_going_away_and_coming_back() {
     );
     assert_eq!(status.servers, Some(1));
     assert_eq!(status.endpoint.as_deref(), Some(server.url.as_str()));
-    let js = status.jet_stream.expect("JetStream limits in status");
+    let js = status.nats.expect("NATS status").jet_stream;
     assert_eq!(
         (js.max_memory, js.max_streams),
         (-1, -1),

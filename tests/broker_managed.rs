@@ -285,7 +285,7 @@ async fn managed_broker_renders_rolls_scales_and_keeps_its_volumes() {
 
     // A configuration change rolls every pod onto the new configuration.
     let before = pods_hash(&pods).await;
-    patch_managed(&brokers, json!({"maxPayload": 2097152})).await;
+    patch_managed(&brokers, json!({"nats": {"maxPayload": 2097152}})).await;
     common::wait_for("every pod to run the new configuration", T, || async {
         let hashes = pods_hash(&pods).await;
         (hashes.len() == 3 && hashes.iter().all(|h| !before.contains(h))).then_some(())

@@ -9,12 +9,24 @@ use serde::{Deserialize, Serialize};
 use super::common::{Conditions, SecretReference};
 
 /// The broker software.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Engine {
     /// NATS with JetStream.
     #[default]
     Nats,
+    /// RabbitMQ with quorum queues, administered through its management API.
+    Rabbitmq,
+}
+
+impl Engine {
+    /// The name users know the broker by.
+    pub fn product(self) -> &'static str {
+        match self {
+            Self::Nats => "NATS",
+            Self::Rabbitmq => "RabbitMQ",
+        }
+    }
 }
 
 /// A message broker that Queues and Topics live in.
@@ -60,11 +72,16 @@ pub enum Engine {
 )]
 #[x_kube(
     validation = Rule::new("has(self.managed) != has(self.external)").message("set exactly one of spec.managed (Conveyor runs the broker) or spec.external (connect to a broker that exists already)"),
-    validation = Rule::new("has(self.managed) == has(oldSelf.managed)").message("a Broker cannot switch between managed and external: create a new Broker instead")
+    validation = Rule::new("has(self.managed) == has(oldSelf.managed)").message("a Broker cannot switch between managed and external: create a new Broker instead"),
+    validation = Rule::new("self.engine == 'nats' || !has(self.managed) || !has(self.managed.nats)").message("spec.managed.nats applies only to engine nats"),
+    validation = Rule::new("!has(self.external) || (self.engine == 'nats' ? self.external.urls.all(u, u.startsWith('nats://') || u.startsWith('tls://')) : self.external.urls.all(u, u.startsWith('amqp://') || u.startsWith('amqps://')))").message("spec.external.urls must be nats:// or tls:// URLs for engine nats, amqp:// or amqps:// URLs for engine rabbitmq"),
+    validation = Rule::new("!has(self.external) || self.engine != 'rabbitmq' || has(self.external.rabbitmq)").message("engine rabbitmq needs spec.external.rabbitmq.managementUrl: Conveyor declares queues and exchanges through the management API"),
+    validation = Rule::new("!has(self.external) || self.engine == 'rabbitmq' || !has(self.external.rabbitmq)").message("spec.external.rabbitmq applies only to engine rabbitmq")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BrokerSpec {
-    /// The broker software. Only `nats` (NATS JetStream) is available. Immutable.
+    /// The broker software: `nats` (NATS JetStream) or `rabbitmq` (RabbitMQ 3.10 or newer).
+    /// Immutable.
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.engine is immutable: create a new Broker to change engine"))]
     pub engine: Engine,
     /// Conveyor runs the broker: a StatefulSet of servers with their Services, configuration,
@@ -91,10 +108,12 @@ pub struct ManagedBroker {
     #[schemars(range(min = 1, max = 7))]
     #[x_kube(validation = Rule::new("self % 2 == 1").message("spec.managed.replicas must be odd (1, 3, 5 or 7) so that the cluster keeps a quorum"))]
     pub replicas: i32,
-    /// Version of the broker server (`2.15.3`). Sets the image tag unless `image` is given.
-    #[serde(default = "default_broker_version")]
+    /// Version of the broker server (`2.15.3` for NATS, `4.1.4` for RabbitMQ). Sets the
+    /// image tag unless `image` is given. Defaults to the version this release of Conveyor is
+    /// tested with for the engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]+\.[0-9]+\.[0-9]+$"))]
-    pub version: String,
+    pub version: Option<String>,
     /// Container image of the broker server; overrides the image derived from `version`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
@@ -105,23 +124,41 @@ pub struct ManagedBroker {
     /// Compute resources of each broker server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
-    /// How clients authenticate. `Jwt` (the default): NATS decentralized authentication; Conveyor
-    /// keeps the operator and account keys in a Secret and mints a user per client. `None`: no
-    /// authentication (development only).
-    #[serde(default)]
-    pub authentication: Authentication,
-    /// TLS for client connections.
+    /// TLS for client connections (NATS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ManagedTls>,
-    /// Largest message the servers accept, in bytes (default 1048576, at most 67108864).
-    #[serde(default = "default_max_payload")]
-    #[schemars(range(min = 1024, max = 67108864))]
-    pub max_payload: i64,
     /// Scale down even when Conveyor cannot verify that no stream would lose replicas (for
     /// example because the broker is unreachable). Streams with more replicas than the new size
     /// lose their quorum.
     #[serde(default)]
     pub allow_unsafe_scale_down: bool,
+    /// Settings only NATS has. Only with engine `nats`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats: Option<ManagedNats>,
+}
+
+/// Settings of a managed NATS broker that no other engine has.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedNats {
+    /// How clients authenticate. `Jwt` (the default): NATS decentralized authentication; Conveyor
+    /// keeps the operator and account keys in a Secret and mints a user per client. `None`: no
+    /// authentication (development only).
+    #[serde(default)]
+    pub authentication: Authentication,
+    /// Largest message the servers accept, in bytes (default 1048576, at most 67108864).
+    #[serde(default = "default_max_payload")]
+    #[schemars(range(min = 1024, max = 67108864))]
+    pub max_payload: i64,
+}
+
+impl Default for ManagedNats {
+    fn default() -> Self {
+        Self {
+            authentication: Authentication::Jwt,
+            max_payload: default_max_payload(),
+        }
+    }
 }
 
 fn default_max_payload() -> i64 {
@@ -150,10 +187,6 @@ pub struct ManagedTls {
 
 fn default_broker_replicas() -> i32 {
     3
-}
-
-fn default_broker_version() -> String {
-    "2.15.3".into()
 }
 
 /// The persistent volumes of a managed broker.
@@ -205,20 +238,45 @@ pub enum VolumeDeletionPolicy {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ExternalBroker {
-    /// Client URLs of the broker's servers (`nats://host:4222` or `tls://host:4222`), without
-    /// credentials (they go in `credentialsSecretRef`, never in a URL that status would show).
+    /// Client URLs of the broker's servers, without credentials (they go in
+    /// `credentialsSecretRef`, never in a URL that status would show) and without a path: NATS
+    /// `nats://host:4222` or `tls://host:4222`; RabbitMQ `amqp://host:5672` or
+    /// `amqps://host:5671` (the virtual host is `rabbitmq.virtualHost`).
     #[schemars(
         length(min = 1, max = 16),
-        inner(regex(pattern = r"^(nats|tls)://[^\s/?#@]+$"))
+        inner(
+            regex(pattern = r"^(nats|tls|amqp|amqps)://[^\s/?#@]+$"),
+            length(max = 512)
+        )
     )]
     pub urls: Vec<String>,
     /// Secret in the Broker's namespace with the credentials Conveyor presents to the broker:
-    /// `user` and `password`, or `token`, or `creds` (a NATS credentials file).
+    /// `user` and `password` (both engines), or `token` or `creds` (a NATS credentials file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretReference>,
-    /// TLS settings for `tls://` URLs.
+    /// TLS settings for `tls://` and `amqps://` URLs and an `https://` management URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ExternalTls>,
+    /// Settings only RabbitMQ has. Required with engine `rabbitmq`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rabbitmq: Option<ExternalRabbitmq>,
+}
+
+/// How Conveyor administers an external RabbitMQ.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalRabbitmq {
+    /// Base URL of the management API (`http://rabbitmq.messaging.svc:15672`), without
+    /// credentials. Checked against the operator's allowed destinations like the AMQP URLs.
+    #[schemars(
+        regex(pattern = r"^https?://[^\s/?#@]+(/[^\s?#@]*)?$"),
+        length(max = 512)
+    )]
+    pub management_url: String,
+    /// The virtual host that holds Conveyor's queues, exchanges and policies. Default `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub virtual_host: Option<String>,
 }
 
 /// TLS settings for an external broker.
@@ -260,9 +318,36 @@ pub struct BrokerStatus {
     /// Name of the broker's cluster, if it is clustered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
-    /// The JetStream limits of the account Conveyor uses (-1: unlimited).
+    /// Names of the broker's cluster nodes, where the broker lists them (RabbitMQ).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
+    /// What a NATS broker reports about itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jet_stream: Option<JetStreamLimits>,
+    pub nats: Option<NatsStatus>,
+    /// What a RabbitMQ broker reports about itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rabbitmq: Option<RabbitmqStatus>,
+}
+
+/// What a NATS broker reports about itself.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NatsStatus {
+    /// The JetStream limits of the account Conveyor uses (-1: unlimited).
+    pub jet_stream: JetStreamLimits,
+}
+
+/// What a RabbitMQ broker reports about itself.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RabbitmqStatus {
+    /// Version of the management API that answered the last check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub management_version: Option<String>,
+    /// Whether the management API answered the last check.
+    pub management_api: bool,
+    /// Whether the first AMQP URL answered the AMQP handshake at the last check.
+    pub amqp: bool,
 }
 
 /// JetStream limits of an account, as the broker reports them. -1 means unlimited.

@@ -111,23 +111,28 @@ pub struct Retention {
     pub discard: DiscardPolicy,
 }
 
-/// The settings that every broker-side stream has, shared by Queue and Topic.
+/// The settings of a Queue's or Topic's object inside the broker, shared by both kinds. What an
+/// engine cannot honour is reported in the resource's `Supported` condition.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StreamSettings {
-    /// How long and how much the stream keeps.
+    /// How long and how much the queue or topic keeps. On RabbitMQ these become a policy
+    /// (`message-ttl`, `max-length`, `max-length-bytes`, `overflow`), so they change in place.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<Retention>,
-    /// Number of copies of each message across the broker's servers (1 to 5); at most the broker's size.
+    /// Number of copies of each message across the broker's servers (1 to 5); at most the
+    /// broker's size. On RabbitMQ: the quorum queue's initial group size, fixed at declaration.
     #[serde(default = "default_stream_replicas")]
     #[schemars(range(min = 1, max = 5))]
     pub replicas: i32,
-    /// Where the messages are kept: `File` (default) or `Memory`. Fixed at creation.
+    /// Where the messages are kept: `File` (default) or `Memory` (NATS only; RabbitMQ's quorum
+    /// queues are always on disk). Fixed at creation.
     #[serde(default)]
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.storage is fixed at creation: the broker cannot move a stream between file and memory storage"))]
     pub storage: StorageType,
     /// Window within which the broker drops a re-published message with the same message id
-    /// (the `Nats-Msg-Id` header): the basis of idempotent publishing. A duration (`2m`).
+    /// (the `Nats-Msg-Id` header): the basis of idempotent publishing. A duration (`2m`;
+    /// default `2m` on NATS). NATS only: RabbitMQ has no duplicate detection in its core.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub deduplication_window: Option<String>,

@@ -22,6 +22,9 @@ pub enum ConditionType {
     Degraded,
     /// The object inside the broker matches the spec.
     Synced,
+    /// The Broker's engine honours every setting of the spec; otherwise the message names the
+    /// settings it cannot honour.
+    Supported,
 }
 
 impl ConditionType {
@@ -34,6 +37,7 @@ impl ConditionType {
             Self::Progressing => "Progressing",
             Self::Degraded => "Degraded",
             Self::Synced => "Synced",
+            Self::Supported => "Supported",
         }
     }
 }
@@ -69,8 +73,12 @@ pub enum Reason {
     Connected,
     /// The broker did not answer.
     Unreachable,
-    /// The broker answers but without JetStream.
-    JetStreamDisabled,
+    /// The broker answers but lacks something Conveyor needs (NATS without JetStream).
+    MissingCapability,
+    /// The broker refused Conveyor's credentials.
+    Unauthorized,
+    /// The management API answers but the AMQP listener does not (RabbitMQ).
+    AmqpUnreachable,
     /// An external Broker points outside the destinations the operator may reach.
     DestinationNotAllowed,
     /// Every server is ready and up to date.
@@ -91,8 +99,8 @@ pub enum Reason {
     InSync,
     /// The stream in the broker differs from the spec and is left alone.
     Drifted,
-    /// The stream was deleted outside Conveyor and is not recreated.
-    StreamMissing,
+    /// The object was deleted from the broker outside Conveyor and is not recreated.
+    MissingInBroker,
     /// A stream of that name belongs to someone else.
     Conflict,
     /// The broker refused a change.
@@ -105,8 +113,12 @@ pub enum Reason {
     DeletionBlocked,
     /// The spec cannot be turned into broker settings.
     InvalidSpec,
-    /// The stream exists in the broker.
-    StreamReady,
+    /// The object exists in the broker.
+    Declared,
+    /// The engine honours every setting.
+    AllSettingsSupported,
+    /// The engine cannot honour a setting; the message names it.
+    SettingNotSupported,
 }
 
 impl Reason {
@@ -127,7 +139,9 @@ impl Reason {
             Self::ResolutionFailed => "ResolutionFailed",
             Self::Connected => "Connected",
             Self::Unreachable => "Unreachable",
-            Self::JetStreamDisabled => "JetStreamDisabled",
+            Self::MissingCapability => "MissingCapability",
+            Self::Unauthorized => "Unauthorized",
+            Self::AmqpUnreachable => "AmqpUnreachable",
             Self::DestinationNotAllowed => "DestinationNotAllowed",
             Self::Available => "Available",
             Self::NotAvailable => "NotAvailable",
@@ -138,14 +152,16 @@ impl Reason {
             Self::ServersNotReady => "ServersNotReady",
             Self::InSync => "InSync",
             Self::Drifted => "Drifted",
-            Self::StreamMissing => "StreamMissing",
+            Self::MissingInBroker => "MissingInBroker",
             Self::Conflict => "Conflict",
             Self::UpdateRejected => "UpdateRejected",
             Self::InsufficientServers => "InsufficientServers",
             Self::InvalidEventSchema => "InvalidEventSchema",
             Self::DeletionBlocked => "DeletionBlocked",
             Self::InvalidSpec => "InvalidSpec",
-            Self::StreamReady => "StreamReady",
+            Self::Declared => "Declared",
+            Self::AllSettingsSupported => "AllSettingsSupported",
+            Self::SettingNotSupported => "SettingNotSupported",
         }
     }
 }
@@ -238,9 +254,12 @@ pub fn merge(
 
 /// Whether the condition of `type_` is present and `True`.
 pub fn is_true(conditions: &[Condition], type_: ConditionType) -> bool {
-    conditions
-        .iter()
-        .any(|c| c.type_ == type_.as_str() && c.status == "True")
+    find(conditions, type_).is_some_and(is_true_condition)
+}
+
+/// Whether a condition's status is `True`.
+pub fn is_true_condition(c: &Condition) -> bool {
+    c.status == "True"
 }
 
 /// The condition of `type_`, if present.

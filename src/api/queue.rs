@@ -4,7 +4,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use super::common::{BrokerReference, StreamSettings};
-use super::stream::{STREAM_NAME_PATTERN, StreamStatus};
+use super::stream::{NAME_IN_BROKER_PATTERN, StreamStatus};
 
 /// A work queue inside a Broker: each message goes to exactly one consumer.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -30,10 +30,10 @@ use super::stream::{STREAM_NAME_PATTERN, StreamStatus};
         json_path = ".status.bytes"
     ),
     printcolumn(
-        name = "Stream",
+        name = "In Broker",
         type_ = "string",
         priority = 1,
-        json_path = ".status.streamName"
+        json_path = ".status.nameInBroker"
     ),
     printcolumn(
         name = "Reason",
@@ -48,7 +48,7 @@ use super::stream::{STREAM_NAME_PATTERN, StreamStatus};
     )
 )]
 #[x_kube(
-    validation = Rule::new("has(self.streamName) == has(oldSelf.streamName)").message("spec.streamName cannot be added or removed after creation"),
+    validation = Rule::new("has(self.nameInBroker) == has(oldSelf.nameInBroker)").message("spec.nameInBroker cannot be added or removed after creation"),
     validation = Rule::new("!has(self.retention) || !has(self.retention.maxAge) || !has(self.deduplicationWindow) || duration(self.deduplicationWindow) <= duration(self.retention.maxAge)").message("spec.deduplicationWindow must not be longer than spec.retention.maxAge")
 )]
 #[serde(rename_all = "camelCase")]
@@ -56,13 +56,14 @@ pub struct QueueSpec {
     /// The Broker that holds the queue. Immutable.
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.brokerRef is immutable: create a new Queue to use another Broker"))]
     pub broker_ref: BrokerReference,
-    /// Name of the stream inside the broker (letters, digits, `-` and `_`). Defaults to
-    /// `queue_<namespace>_<name>`. Immutable.
+    /// Name of the queue inside the broker (letters, digits, `-` and `_`): the JetStream
+    /// stream on NATS, the quorum queue on RabbitMQ. Defaults to `queue_<namespace>_<name>`.
+    /// Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = STREAM_NAME_PATTERN))]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.streamName is immutable"))]
-    pub stream_name: Option<String>,
-    /// Retention, replicas, storage, duplicate detection and deletion of the queue's stream.
+    #[schemars(regex(pattern = NAME_IN_BROKER_PATTERN))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.nameInBroker is immutable"))]
+    pub name_in_broker: Option<String>,
+    /// Retention, replicas, storage, duplicate detection and deletion of the queue.
     #[serde(flatten)]
     pub stream: StreamSettings,
 }

@@ -5,7 +5,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{BrokerReference, StreamSettings};
-use super::stream::{STREAM_NAME_PATTERN, StreamStatus};
+use super::stream::{NAME_IN_BROKER_PATTERN, StreamStatus};
 
 /// The regular expression an event type name must match (`OrderPlaced`, `order.placed`).
 pub const EVENT_TYPE_PATTERN: &str = r"^[A-Za-z][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$";
@@ -33,10 +33,10 @@ pub const EVENT_TYPE_PATTERN: &str = r"^[A-Za-z][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)
         json_path = ".status.consumers"
     ),
     printcolumn(
-        name = "Stream",
+        name = "In Broker",
         type_ = "string",
         priority = 1,
-        json_path = ".status.streamName"
+        json_path = ".status.nameInBroker"
     ),
     printcolumn(
         name = "Reason",
@@ -51,7 +51,7 @@ pub const EVENT_TYPE_PATTERN: &str = r"^[A-Za-z][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)
     )
 )]
 #[x_kube(
-    validation = Rule::new("has(self.streamName) == has(oldSelf.streamName)").message("spec.streamName cannot be added or removed after creation"),
+    validation = Rule::new("has(self.nameInBroker) == has(oldSelf.nameInBroker)").message("spec.nameInBroker cannot be added or removed after creation"),
     validation = Rule::new("!has(self.retention) || !has(self.retention.maxAge) || !has(self.deduplicationWindow) || duration(self.deduplicationWindow) <= duration(self.retention.maxAge)").message("spec.deduplicationWindow must not be longer than spec.retention.maxAge")
 )]
 #[serde(rename_all = "camelCase")]
@@ -59,19 +59,21 @@ pub struct TopicSpec {
     /// The Broker that holds the topic. Immutable.
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.brokerRef is immutable: create a new Topic to use another Broker"))]
     pub broker_ref: BrokerReference,
-    /// Name of the stream inside the broker (letters, digits, `-` and `_`). Defaults to
-    /// `topic_<namespace>_<name>`. Immutable.
+    /// Name of the topic inside the broker (letters, digits, `-` and `_`): the JetStream
+    /// stream on NATS, the topic exchange on RabbitMQ. Defaults to `topic_<namespace>_<name>`.
+    /// Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = STREAM_NAME_PATTERN))]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.streamName is immutable"))]
-    pub stream_name: Option<String>,
+    #[schemars(regex(pattern = NAME_IN_BROKER_PATTERN))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.nameInBroker is immutable"))]
+    pub name_in_broker: Option<String>,
     /// The event types published to this topic, each with its JSON Schema: the event contract.
-    /// An event of type `T` is published on the subject `<streamName>.T`.
+    /// An event of type `T` is published on the NATS subject `<nameInBroker>.T`, or to the
+    /// RabbitMQ topic exchange with routing key `T`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 128))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub event_types: Vec<EventType>,
-    /// Retention, replicas, storage, duplicate detection and deletion of the topic's stream.
+    /// Retention, replicas, storage, duplicate detection and deletion of the topic.
     #[serde(flatten)]
     pub stream: StreamSettings,
 }

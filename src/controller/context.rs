@@ -9,7 +9,7 @@ use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 
 use crate::engine::destinations::Destinations;
-use crate::engine::nats::connection::Connections;
+use crate::engine::registry::Registry;
 use crate::metrics::Metrics;
 
 /// The field manager of every server-side apply Conveyor makes.
@@ -42,7 +42,7 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     /// One connection per Broker, shared by every reconciler.
-    pub connections: Connections,
+    pub brokers: Registry,
     backoff: Mutex<HashMap<String, u32>>,
 }
 
@@ -58,7 +58,7 @@ impl Context {
             config,
             metrics,
             recorder,
-            connections: Connections::default(),
+            brokers: Registry::default(),
             backoff: Mutex::default(),
         }
     }

@@ -21,6 +21,9 @@ pub enum Error {
     /// The finalizer machinery failed.
     #[error("finalizer: {0}")]
     Finalizer(String),
+    /// A broker request failed.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
     /// The broker could not do what was asked (yet).
     #[error("broker: {0}")]
     Broker(String),
@@ -44,6 +47,7 @@ impl Error {
             Self::Malformed(_) => "malformed",
             Self::Finalizer(_) => "finalizer",
             Self::Credentials(_) => "credentials",
+            Self::Engine(e) => e.category(),
             Self::Broker(_) => "broker",
             Self::DeletionBlocked(_) => "deletion-blocked",
         }
@@ -75,6 +79,8 @@ mod tests {
         assert_eq!(api(403).category(), "forbidden");
         assert_eq!(api(500).category(), "kubernetes");
         assert_eq!(Error::Malformed("x".into()).category(), "malformed");
+        let down = crate::engine::EngineError::Unreachable("x".into());
+        assert_eq!(Error::Engine(down).category(), "broker-unreachable");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The reconcilers, one thin pipeline per kind, and the machinery they share.
 
+pub mod apply;
 pub mod broker;
 pub mod context;
 pub mod driver;

@@ -218,7 +218,7 @@ mod tests {
                     name: "events".into(),
                     namespace: None,
                 },
-                stream_name: None,
+                name_in_broker: None,
                 event_types: types
                     .iter()
                     .map(|t| EventType {

@@ -28,7 +28,9 @@ pub struct Destinations {
 /// Why a destination was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
-    #[error("{0} is not a valid broker URL (expected nats://host:port or tls://host:port)")]
+    #[error(
+        "{0} is not a valid broker URL (expected nats://, tls://, amqp://, amqps://, http:// or https:// and host:port)"
+    )]
     BadUrl(String),
     #[error(
         "{host} is not an allowed broker destination (allowed: {allowed}); the operator's administrator sets --allowed-broker-destinations"
@@ -112,18 +114,35 @@ impl Destinations {
     }
 }
 
-/// The host and port of `nats://host:port` or `tls://host:port` (port 4222 when left out).
+/// The schemes of broker URLs and their default ports.
+const SCHEMES: [(&str, u16); 6] = [
+    ("nats://", 4222),
+    ("tls://", 4222),
+    ("amqp://", 5672),
+    ("amqps://", 5671),
+    ("http://", 80),
+    ("https://", 443),
+];
+
+/// The host and port of a broker URL (`nats://host:port`, `amqp://host:port`, a management API
+/// `http://host:port/prefix`), with the scheme's default port when left out.
 pub fn host_port(url: &str) -> Option<(&str, u16)> {
-    let rest = url
-        .strip_prefix("nats://")
-        .or_else(|| url.strip_prefix("tls://"))?;
+    let (rest, default_port) = SCHEMES
+        .iter()
+        .find_map(|(scheme, port)| url.strip_prefix(scheme).map(|r| (r, *port)))?;
+    let web = url.starts_with("http");
+    let rest = match rest.split_once('/') {
+        Some((authority, _)) if web => authority,
+        Some(_) => return None,
+        None => rest,
+    };
     let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
-    if rest.is_empty() || rest.contains('/') {
+    if rest.is_empty() {
         return None;
     }
     match rest.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(':') && !h.is_empty() => Some((h, p.parse().ok()?)),
-        _ => Some((rest, 4222)),
+        _ => Some((rest, default_port)),
     }
 }
 
@@ -147,6 +166,19 @@ mod tests {
 
     fn to_cluster_ip(_: &str, _: u16) -> Vec<IpAddr> {
         vec!["10.96.0.12".parse().unwrap()]
+    }
+
+    #[test]
+    fn every_engine_url_yields_its_host_and_port() {
+        assert_eq!(host_port("amqp://10.0.0.5"), Some(("10.0.0.5", 5672)));
+        assert_eq!(host_port("amqps://mq.svc:5671"), Some(("mq.svc", 5671)));
+        assert_eq!(
+            host_port("http://mq.svc:15672/rabbitmq"),
+            Some(("mq.svc", 15672))
+        );
+        assert_eq!(host_port("https://mq.svc"), Some(("mq.svc", 443)));
+        assert_eq!(host_port("amqp://mq.svc/vhost"), None, "no path on AMQP");
+        assert_eq!(host_port("ftp://mq.svc"), None);
     }
 
     #[test]
@@ -233,7 +265,7 @@ mod tests {
         assert!(Destinations::parse(&["not a host!"]).is_err());
         let d = Destinations::parse(DEFAULT_ALLOWED).unwrap();
         assert!(matches!(
-            d.check("http://10.0.0.1", no_dns),
+            d.check("ftp://10.0.0.1", no_dns),
             Err(Refused::BadUrl(_))
         ));
         assert_eq!(host_port("nats://h:5222"), Some(("h", 5222)));

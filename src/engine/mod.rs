@@ -1,28 +1,63 @@
-//! The broker abstraction. An engine talks to one kind of broker through its own protocol;
-//! NATS JetStream is the first. Engines know nothing of Kubernetes objects: reconcilers turn
-//! resources into the plain settings below and engine answers into status.
+//! The broker abstraction. Controllers speak only the engine-neutral model below: a Broker's
+//! connection declares, checks, repairs and deletes Queues and Topics, reads their depth and
+//! reports what the broker is. Each engine maps that model onto its broker's own objects (NATS:
+//! streams and subjects; RabbitMQ: quorum queues, topic exchanges and policies) and keeps every
+//! broker-specific name, client and setting to itself. Engines know nothing of Kubernetes
+//! objects: reconcilers turn resources into the plain settings below and answers into status.
+//!
+//! [`BrokerConnection`] is object-safe, so the [`registry::Registry`] holds one connection per
+//! Broker whatever its engine, and dispatch on `spec.engine` happens in exactly one place
+//! ([`registry::open`]).
 
 pub mod destinations;
 pub mod nats;
+pub mod rabbitmq;
+pub mod registry;
 
 use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+pub use crate::api::broker::Engine;
+
+/// A future an engine returns; boxed so that connections can be held as trait objects.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What a broker reports about itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BrokerInfo {
-    /// The server version (`2.15.3`).
+    /// The broker's product name as it reports it (`NATS`, `RabbitMQ`).
+    pub product: String,
+    /// The server version (`2.15.3`, `3.10.8`).
     pub version: String,
-    /// The cluster name, when the server is clustered.
+    /// The cluster name, when the broker has one.
     pub cluster: Option<String>,
     /// Servers in the cluster as far as the client can tell (1 for a single server).
     pub servers: usize,
-    /// JetStream limits of the account in use; -1 is unlimited.
-    pub limits: Limits,
+    /// Names of the cluster's nodes, where the broker lists them (RabbitMQ).
+    pub nodes: Vec<String>,
+    /// What only this engine reports.
+    pub facts: EngineFacts,
 }
 
-/// JetStream account limits.
+/// Figures that only one engine has, reported in the Broker's status block of that engine.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum EngineFacts {
+    #[default]
+    None,
+    /// NATS: the JetStream limits of the account in use; -1 is unlimited.
+    Nats { limits: AccountLimits },
+    /// RabbitMQ: the management API's version and whether the AMQP listener answers.
+    RabbitMq {
+        management_version: String,
+        /// `Ok` when the first AMQP URL answered the protocol handshake, else why not.
+        amqp: Result<(), String>,
+    },
+}
+
+/// Account limits of a broker; -1 is unlimited.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Limits {
+pub struct AccountLimits {
     pub max_memory: i64,
     pub max_storage: i64,
     pub max_streams: i64,
@@ -35,133 +70,191 @@ pub enum EngineError {
     /// The broker cannot be reached (or has not been reached yet).
     #[error("broker unreachable: {0}")]
     Unreachable(String),
-    /// The broker answers but JetStream is not enabled for the account.
-    #[error("JetStream is not enabled: {0}")]
-    JetStreamDisabled(String),
+    /// The broker answers but lacks something Conveyor needs (NATS without JetStream).
+    #[error("the broker lacks a capability Conveyor needs: {0}")]
+    MissingCapability(String),
+    /// The broker refused Conveyor's credentials or their permissions.
+    #[error("the broker refused the credentials: {0}")]
+    Unauthorized(String),
     /// The broker refused or failed a request.
     #[error("broker request failed: {0}")]
     Request(String),
 }
 
-/// The operations every engine provides.
-pub trait Engine: Send + Sync {
-    /// Checks that the broker answers and reports what it is.
-    fn info(&self) -> impl Future<Output = Result<BrokerInfo, EngineError>> + Send;
-
-    /// The replica count of every stream, for deciding whether a scale-down is safe.
-    fn stream_replicas(
-        &self,
-    ) -> impl Future<Output = Result<Vec<(String, usize)>, EngineError>> + Send;
+impl EngineError {
+    /// A fixed string naming the kind of failure, for metric labels and Event reasons.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::Unreachable(_) => "broker-unreachable",
+            Self::MissingCapability(_) => "broker-capability",
+            Self::Unauthorized(_) => "broker-unauthorized",
+            Self::Request(_) => "broker-request",
+        }
+    }
 }
 
-/// Where a stream keeps its messages.
+/// Whether a destination is a Queue or a Topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DestinationKind {
+    /// Point to point: each message goes to exactly one consumer.
+    Queue,
+    /// Publish/subscribe: every subscription gets every event.
+    Topic,
+}
+
+impl DestinationKind {
+    /// The resource kind's name (`Queue`, `Topic`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queue => "Queue",
+            Self::Topic => "Topic",
+        }
+    }
+}
+
+/// Where a destination keeps its messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Storage {
     File,
     Memory,
 }
 
-/// How a stream retains messages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Retention {
-    /// Every consumer sees every message (a Topic).
-    Limits,
-    /// A message is removed once one consumer acknowledged it (a Queue).
-    WorkQueue,
-}
-
-/// What to do when a stream limit is reached.
+/// What to do when a limit is reached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Discard {
+    /// Drop the oldest messages to make room.
     Old,
+    /// Refuse new messages.
     New,
 }
 
-/// A stream as Conveyor wants it, in broker terms. Limits use -1 for "unlimited" and a zero
-/// `max_age` for "forever".
+/// A Queue or Topic as Conveyor wants it, in engine-neutral terms. Limits use -1 for
+/// "unlimited" and a zero `max_age` for "forever".
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StreamSpec {
+pub struct DestinationSpec {
+    pub kind: DestinationKind,
+    /// The name inside the broker.
     pub name: String,
-    pub subjects: Vec<String>,
-    pub retention: Retention,
-    pub max_age: std::time::Duration,
+    /// A Topic's declared event types; empty: any type.
+    pub event_types: Vec<String>,
+    pub max_age: Duration,
     pub max_messages: i64,
     pub max_bytes: i64,
     pub discard: Discard,
     pub replicas: usize,
     pub storage: Storage,
-    pub duplicate_window: std::time::Duration,
-    /// Who owns the stream (`Queue shop/orders uid=...`); a stream with another owner, or none,
-    /// is never taken over.
+    /// Duplicate detection window asked for; `None`: the engine's default, if it has any.
+    pub deduplication_window: Option<Duration>,
+    /// Who owns the destination (`Queue shop/orders`); one with another owner, or none, is
+    /// never taken over.
     pub owner: String,
     pub description: String,
 }
 
-/// The contents of a stream.
+/// What a destination holds. Figures an engine does not have are `None`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StreamState {
+pub struct DestinationState {
+    /// Messages held (for a Topic on RabbitMQ: those no subscription took).
     pub messages: u64,
-    pub bytes: u64,
+    pub bytes: Option<u64>,
+    /// Consumers (NATS) or bound subscriptions (RabbitMQ Topic) of the destination.
     pub consumers: u64,
-    pub first_sequence: u64,
-    pub last_sequence: u64,
+    pub first_sequence: Option<u64>,
+    pub last_sequence: Option<u64>,
 }
 
-/// What `ensure_stream` found and did.
+/// What `ensure` found and did.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StreamSync {
-    /// The stream did not exist and was created.
-    Created(StreamState),
-    /// The stream matched the spec.
-    Unchanged(StreamState),
-    /// The stream differed in these settings and was set back to the spec.
-    Updated(StreamState, Vec<String>),
-    /// The stream differs in these settings; left alone (report-only drift policy).
-    Drifted(StreamState, Vec<String>),
-    /// The stream does not exist and was not created (report-only drift policy).
+pub enum SyncOutcome {
+    /// The destination did not exist and was created.
+    Created(DestinationState),
+    /// The destination matched the spec.
+    Unchanged(DestinationState),
+    /// The destination differed in these settings and was set back to the spec.
+    Updated(DestinationState, Vec<String>),
+    /// The destination differs in these settings; left alone (report-only drift policy).
+    Drifted(DestinationState, Vec<String>),
+    /// The destination does not exist and was not created (report-only drift policy).
     Missing,
-    /// A stream of that name exists and belongs to someone else.
+    /// A destination of that name exists and belongs to someone else.
     Conflict(String),
 }
 
-/// What `delete_stream` did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Deletion {
-    Deleted,
-    /// There was no such stream.
-    Absent,
-    /// The stream belongs to someone else and was left alone.
-    NotOwned(String),
-}
-
-/// Whether `ensure_stream` may change the broker.
+/// Whether `ensure` may change the broker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SyncMode {
-    /// Create the stream when it does not exist.
+    /// Create the destination when it does not exist.
     pub create: bool,
-    /// Set a differing stream back to the spec.
+    /// Set a differing destination back to the spec.
     pub repair: bool,
 }
 
-/// Streams: declare, keep, read, delete.
-pub trait Streams: Send + Sync {
-    /// Brings the stream in line with `spec` as far as `mode` allows.
-    fn ensure_stream(
-        &self,
-        spec: &StreamSpec,
+/// Which destination a deletion or a read is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub kind: DestinationKind,
+    pub name: String,
+    pub owner: String,
+}
+
+/// When a deletion may go ahead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeleteWhen {
+    Always,
+    /// Only when the destination holds no messages.
+    Empty,
+}
+
+/// What `delete` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Deletion {
+    Deleted,
+    /// There was no such destination.
+    Absent,
+    /// The destination belongs to someone else and was left alone.
+    NotOwned(String),
+    /// `DeleteWhen::Empty` and the destination holds this many messages (or cannot be shown
+    /// empty yet); the message says what Conveyor waits for.
+    NotEmpty(u64, String),
+}
+
+/// One Broker's connection, whatever its engine.
+pub trait BrokerConnection: Send + Sync {
+    /// The engine behind this connection.
+    fn engine(&self) -> Engine;
+
+    /// `Ok` while the broker is connected (or answering), else the reason it is not.
+    fn require_connected(&self) -> Result<(), EngineError>;
+
+    /// Checks that the broker answers and reports what it is.
+    fn info(&self) -> BoxFuture<'_, Result<BrokerInfo, EngineError>>;
+
+    /// The replica count of every replicated destination, for deciding whether a scale-down of
+    /// a managed broker is safe.
+    fn replicas(&self) -> BoxFuture<'_, Result<Vec<(String, usize)>, EngineError>>;
+
+    /// Brings the destination in line with `spec` as far as `mode` allows.
+    fn ensure<'a>(
+        &'a self,
+        spec: &'a DestinationSpec,
         mode: SyncMode,
-    ) -> impl Future<Output = Result<StreamSync, EngineError>> + Send;
+    ) -> BoxFuture<'a, Result<SyncOutcome, EngineError>>;
 
-    /// Deletes the stream if `owner` owns it.
-    fn delete_stream(
-        &self,
-        name: &str,
-        owner: &str,
-    ) -> impl Future<Output = Result<Deletion, EngineError>> + Send;
+    /// Deletes the destination if `target.owner` owns it (and, with `DeleteWhen::Empty`, only
+    /// once it is empty).
+    fn delete<'a>(
+        &'a self,
+        target: &'a Target,
+        when: DeleteWhen,
+    ) -> BoxFuture<'a, Result<Deletion, EngineError>>;
 
-    /// The stream's contents, or `None` when it does not exist.
-    fn stream_state(
-        &self,
-        name: &str,
-    ) -> impl Future<Output = Result<Option<StreamState>, EngineError>> + Send;
+    /// What the destination holds, or `None` when it does not exist.
+    fn state<'a>(
+        &'a self,
+        target: &'a Target,
+    ) -> BoxFuture<'a, Result<Option<DestinationState>, EngineError>>;
+
+    /// The settings of `spec` this engine cannot honour, each naming the field and saying
+    /// what happens instead. Pure.
+    fn unsupported(&self, spec: &DestinationSpec) -> Vec<String>;
 }

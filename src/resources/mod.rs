@@ -1,6 +1,7 @@
 //! Pure builders of the names and objects Conveyor owns. No IO.
 
 pub mod labels;
+pub mod managed;
 pub mod names;
 pub mod nats;
 pub mod quantity;

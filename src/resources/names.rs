@@ -1,8 +1,8 @@
 //! Deterministic names of the objects Conveyor creates, inside Kubernetes and inside brokers.
 //! Every name is a pure function of the owner's identity and stays within its length limit.
 
-/// Longest broker-side stream name Conveyor derives.
-pub const MAX_STREAM_NAME: usize = 64;
+/// Longest broker-side name of a Queue or Topic that Conveyor derives.
+pub const MAX_NAME_IN_BROKER: usize = 64;
 
 /// 64-bit FNV-1a: a stable hash for shortening names (not for security).
 pub fn fnv1a(data: &str) -> u64 {
@@ -21,12 +21,12 @@ pub fn fit(name: &str, max: usize) -> String {
     format!("{}_{}", &name[..keep], hash)
 }
 
-/// The broker-side stream name of a Queue or Topic that does not set `spec.streamName`:
+/// The broker-side name of a Queue or Topic that does not set `spec.nameInBroker`:
 /// `<prefix>_<namespace>_<name>`, with the dots of the name replaced by `_` (Kubernetes names
 /// never contain `_`, so the mapping is one to one), shortened with a hash past 64 characters.
-pub fn default_stream_name(prefix: &str, namespace: &str, name: &str) -> String {
+pub fn default_name_in_broker(prefix: &str, namespace: &str, name: &str) -> String {
     let raw = format!("{prefix}_{namespace}_{}", name.replace('.', "_"));
-    fit(&raw, MAX_STREAM_NAME)
+    fit(&raw, MAX_NAME_IN_BROKER)
 }
 
 #[cfg(test)]
@@ -34,28 +34,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stream_names_are_valid_and_distinct() {
+    fn names_in_broker_are_valid_and_distinct() {
         assert_eq!(
-            default_stream_name("topic", "shop", "orders"),
+            default_name_in_broker("topic", "shop", "orders"),
             "topic_shop_orders"
         );
         assert_eq!(
-            default_stream_name("queue", "shop", "orders.v2"),
+            default_name_in_broker("queue", "shop", "orders.v2"),
             "queue_shop_orders_v2"
         );
         assert_ne!(
-            default_stream_name("topic", "shop", "orders"),
-            default_stream_name("queue", "shop", "orders")
+            default_name_in_broker("topic", "shop", "orders"),
+            default_name_in_broker("queue", "shop", "orders")
         );
-        let long = default_stream_name("queue", &"n".repeat(63), &"x".repeat(253));
-        assert_eq!(long.len(), MAX_STREAM_NAME);
+        let long = default_name_in_broker("queue", &"n".repeat(63), &"x".repeat(253));
+        assert_eq!(long.len(), MAX_NAME_IN_BROKER);
         let re_ok = long
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         assert!(re_ok, "{long}");
         assert_ne!(
             long,
-            default_stream_name("queue", &"n".repeat(63), &"y".repeat(253))
+            default_name_in_broker("queue", &"n".repeat(63), &"y".repeat(253))
         );
     }
 }

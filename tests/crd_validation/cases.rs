@@ -315,8 +315,8 @@ pub fn invalid_cases() -> Vec<Invalid> {
             "queue-stream-name-with-dot",
             Queue,
             queue(),
-            json!({"streamName": "has.dot"}),
-            "spec.streamName in body should match",
+            json!({"nameInBroker": "has.dot"}),
+            "spec.nameInBroker in body should match",
         ),
         // Topic
         invalid(
@@ -330,8 +330,8 @@ pub fn invalid_cases() -> Vec<Invalid> {
             "topic-stream-name-with-dot",
             Topic,
             topic(),
-            json!({"streamName": "has.dot"}),
-            "spec.streamName in body should match",
+            json!({"nameInBroker": "has.dot"}),
+            "spec.nameInBroker in body should match",
         ),
         invalid(
             "topic-unknown-storage",
@@ -478,8 +478,8 @@ pub fn update(
 
 pub fn update_cases() -> Vec<Update> {
     use Kind::*;
-    let queue_stream = with(&queue(), json!({"streamName": "work_a"}));
-    let topic_stream = with(&topic(), json!({"streamName": "orders_a"}));
+    let queue_stream = with(&queue(), json!({"nameInBroker": "work_a"}));
+    let topic_stream = with(&topic(), json!({"nameInBroker": "orders_a"}));
     vec![
         update(
             "broker-managed-to-external",
@@ -561,25 +561,25 @@ pub fn update_cases() -> Vec<Update> {
             Some("spec.brokerRef is immutable: create a new Queue to use another Broker"),
         ),
         update(
-            "queue-streamName-changed",
+            "queue-nameInBroker-changed",
             Queue,
             queue_stream.clone(),
-            json!({"streamName": "work_b"}),
-            Some("spec.streamName is immutable"),
+            json!({"nameInBroker": "work_b"}),
+            Some("spec.nameInBroker is immutable"),
         ),
         update(
-            "queue-streamName-added",
+            "queue-nameInBroker-added",
             Queue,
             queue(),
-            json!({"streamName": "work_a"}),
-            Some("spec.streamName cannot be added or removed after creation"),
+            json!({"nameInBroker": "work_a"}),
+            Some("spec.nameInBroker cannot be added or removed after creation"),
         ),
         update(
-            "queue-streamName-removed",
+            "queue-nameInBroker-removed",
             Queue,
             queue_stream,
-            json!({"streamName": null}),
-            Some("spec.streamName cannot be added or removed after creation"),
+            json!({"nameInBroker": null}),
+            Some("spec.nameInBroker cannot be added or removed after creation"),
         ),
         update(
             "topic-brokerRef-name-changed",
@@ -589,25 +589,25 @@ pub fn update_cases() -> Vec<Update> {
             Some("spec.brokerRef is immutable: create a new Topic to use another Broker"),
         ),
         update(
-            "topic-streamName-changed",
+            "topic-nameInBroker-changed",
             Topic,
             topic_stream.clone(),
-            json!({"streamName": "orders_b"}),
-            Some("spec.streamName is immutable"),
+            json!({"nameInBroker": "orders_b"}),
+            Some("spec.nameInBroker is immutable"),
         ),
         update(
-            "topic-streamName-added",
+            "topic-nameInBroker-added",
             Topic,
             topic(),
-            json!({"streamName": "orders_a"}),
-            Some("spec.streamName cannot be added or removed after creation"),
+            json!({"nameInBroker": "orders_a"}),
+            Some("spec.nameInBroker cannot be added or removed after creation"),
         ),
         update(
-            "topic-streamName-removed",
+            "topic-nameInBroker-removed",
             Topic,
             topic_stream,
-            json!({"streamName": null}),
-            Some("spec.streamName cannot be added or removed after creation"),
+            json!({"nameInBroker": null}),
+            Some("spec.nameInBroker cannot be added or removed after creation"),
         ),
         update(
             "subscription-topicRef-name-changed",

@@ -1,5 +1,6 @@
-//! External Brokers: check the URLs against the destinations the operator may reach, read the
-//! Broker's own credentials Secret (never the operator's), then connect and report.
+//! External Brokers, whatever the engine: check every URL against the destinations the
+//! operator may reach, read the Broker's own credentials Secret (never the operator's), then
+//! connect and report.
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
@@ -7,13 +8,13 @@ use kube::{Client, ResourceExt};
 
 use super::{Observed, probe, secret_text};
 use crate::api::Broker;
-use crate::api::broker::ExternalBroker;
+use crate::api::broker::{Engine, ExternalBroker};
 use crate::api::conditions::{ConditionType, Desired, Reason};
 use crate::controller::context::Context;
 use crate::controller::error::Result;
-use crate::controller::refs;
+use crate::controller::refs::{self, Resolved};
 use crate::engine::destinations::{Refused, system_resolve};
-use crate::engine::nats::connection::{Auth, ConnectSpec};
+use crate::engine::registry::{Auth, ConnectRequest};
 
 pub async fn reconcile(obj: &Broker, ctx: &Context) -> Result<Observed> {
     let Some(ext) = &obj.spec.external else {
@@ -21,52 +22,69 @@ pub async fn reconcile(obj: &Broker, ctx: &Context) -> Result<Observed> {
     };
     let ns = obj.namespace().unwrap_or_default();
     let endpoint = Some(ext.urls.join(","));
-    if let Err(refused) = check_destinations(ctx, &ext.urls).await {
-        let msg = refused.to_string();
-        ctx.connections.remove(&super::key(obj));
+    if let Err(refused) = check_destinations(ctx, &urls(ext)).await {
+        ctx.brokers.remove(&super::key(obj));
         return Ok(Observed {
-            conditions: vec![
-                refs::resolved(),
-                Desired::is_false(
-                    ConditionType::Reachable,
-                    Reason::DestinationNotAllowed,
-                    msg.clone(),
-                ),
-                Desired::is_false(ConditionType::Ready, Reason::DestinationNotAllowed, msg),
-            ],
             endpoint,
-            ..Default::default()
+            ..refused_destination(refused.to_string())
         });
     }
-    let spec = match connect_spec(&ctx.client, &ns, ext).await? {
-        Ok(spec) => spec,
+    let req = match connect_request(&ctx.client, &ns, obj.spec.engine, ext).await? {
+        Ok(req) => req,
         Err(missing) => {
-            let ready = missing.as_not_ready();
             return Ok(Observed {
-                conditions: vec![missing, ready],
                 endpoint,
-                ..Default::default()
+                ..Observed::unresolved(missing)
             });
         }
     };
-    let (reachable, verdict) = probe(ctx, &super::key(obj), &spec).await;
-    let ready = match &verdict {
-        Ok(info) => Desired::is_true(
+    let probed = probe(ctx, &super::key(obj), &req).await;
+    let ready = match (&probed.not_ready, &probed.info) {
+        (Some(not_ready), _) => not_ready.clone(),
+        (None, Some(info)) => Desired::is_true(
             ConditionType::Ready,
             Reason::Connected,
             format!(
-                "NATS {} with JetStream, {} server(s)",
-                info.version, info.servers
+                "{} {}, {} server(s)",
+                obj.spec.engine.product(),
+                info.version,
+                info.servers
             ),
         ),
-        Err(not_ready) => not_ready.clone(),
+        (None, None) => Desired::is_false(
+            ConditionType::Ready,
+            Reason::Unreachable,
+            "the broker did not report itself",
+        ),
     };
     Ok(Observed {
-        conditions: vec![refs::resolved(), reachable, ready],
+        conditions: vec![refs::resolved(), probed.reachable, ready],
         endpoint,
-        info: verdict.ok(),
+        info: probed.info,
         ..Default::default()
     })
+}
+
+/// Every URL the operator would connect to: the client URLs and the management API.
+fn urls(ext: &ExternalBroker) -> Vec<String> {
+    let mut v = ext.urls.clone();
+    v.extend(ext.rabbitmq.iter().map(|r| r.management_url.clone()));
+    v
+}
+
+fn refused_destination(msg: String) -> Observed {
+    Observed {
+        conditions: vec![
+            refs::resolved(),
+            Desired::is_false(
+                ConditionType::Reachable,
+                Reason::DestinationNotAllowed,
+                msg.clone(),
+            ),
+            Desired::is_false(ConditionType::Ready, Reason::DestinationNotAllowed, msg),
+        ],
+        ..Default::default()
+    }
 }
 
 /// Checks every URL; host names are resolved off the async runtime.
@@ -81,12 +99,27 @@ async fn check_destinations(ctx: &Context, urls: &[String]) -> std::result::Resu
     .unwrap_or_else(|e| Err(Refused::BadUrl(format!("checking the URLs failed: {e}"))))
 }
 
+/// The credentials in the Broker's Secret: a NATS credentials file, a token, or a user and
+/// password (`user`, or `username` as RabbitMQ's tools write it).
+fn credentials(secret: &Secret) -> Option<Auth> {
+    let text = |k: &str| secret_text(secret, k);
+    if let Some(creds) = text("creds") {
+        return Some(Auth::CredentialsFile(creds));
+    }
+    if let Some(token) = text("token") {
+        return Some(Auth::Token(token));
+    }
+    let user = text("user").or_else(|| text("username"))?;
+    Some(Auth::UserPassword(user, text("password")?))
+}
+
 /// The connection settings from the Broker's own Secrets, or the condition naming what is missing.
-async fn connect_spec(
+async fn connect_request(
     client: &Client,
     ns: &str,
+    engine: Engine,
     ext: &ExternalBroker,
-) -> Result<std::result::Result<ConnectSpec, Desired>> {
+) -> Result<Resolved<ConnectRequest>> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let missing = |name: &str, what: &str| {
         refs::missing(
@@ -96,23 +129,20 @@ async fn connect_spec(
     };
     let mut auth = Auth::None;
     if let Some(r) = &ext.credentials_secret_ref {
-        let Some(secret) = secrets.get_opt(&r.name).await? else {
-            return Ok(Err(missing(&r.name, "spec.external.credentialsSecretRef")));
+        let keys = match engine {
+            Engine::Nats => "keys: creds, or token, or user and password",
+            Engine::Rabbitmq => "keys: user (or username) and password",
         };
-        auth = match (
-            secret_text(&secret, "creds"),
-            secret_text(&secret, "token"),
-            secret_text(&secret, "user"),
-            secret_text(&secret, "password"),
-        ) {
-            (Some(creds), _, _, _) => Auth::Creds(creds),
-            (_, Some(token), _, _) => Auth::Token(token),
-            (_, _, Some(user), Some(password)) => Auth::UserPassword(user, password),
+        let found = secrets
+            .get_opt(&r.name)
+            .await?
+            .and_then(|s| credentials(&s));
+        auth = match found {
+            Some(Auth::UserPassword(u, p)) => Auth::UserPassword(u, p),
+            Some(other) if engine == Engine::Nats => other,
             _ => {
-                return Ok(Err(missing(
-                    &r.name,
-                    "spec.external.credentialsSecretRef (keys: creds, token, or user and password)",
-                )));
+                let what = format!("spec.external.credentialsSecretRef ({keys})");
+                return Ok(Err(missing(&r.name, &what)));
             }
         };
     }
@@ -130,8 +160,11 @@ async fn connect_spec(
         };
         ca_pem = Some(ca);
     }
-    Ok(Ok(ConnectSpec {
+    Ok(Ok(ConnectRequest {
+        engine,
         urls: ext.urls.clone(),
+        management_url: ext.rabbitmq.as_ref().map(|r| r.management_url.clone()),
+        virtual_host: ext.rabbitmq.as_ref().and_then(|r| r.virtual_host.clone()),
         auth,
         ca_pem,
         only_listed_urls: true,

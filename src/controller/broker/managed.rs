@@ -1,147 +1,185 @@
-//! Managed Brokers: ensure the auth Secret, decide the replica count (a scale-down that could
-//! lose data is refused), render the configuration, apply every object with server-side apply,
-//! connect, and read the servers' state back from the StatefulSet.
+//! Managed Brokers, whatever the engine: read the TLS CA, keep the broker's Secret, decide the
+//! replica count (a scale-down that could lose data is refused), let the engine's strategy
+//! build every object, apply them, connect, and read the servers' state back from the
+//! StatefulSet.
+
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use super::scale::{self, Decision};
-use super::{Observed, probe, secret_value};
+use super::{Observed, probe, secret_text, secret_value};
 use crate::api::Broker;
-use crate::api::broker::{Authentication, ManagedBroker, VolumeDeletionPolicy};
+use crate::api::broker::{ManagedBroker, VolumeDeletionPolicy};
 use crate::api::conditions::{self, ConditionType, Desired, Reason};
-use crate::controller::context::{Context, FIELD_MANAGER};
+use crate::controller::apply::apply;
+use crate::controller::context::Context;
 use crate::controller::error::{Error, Result};
 use crate::controller::refs;
-use crate::engine::Engine;
-use crate::engine::nats::connection::{Auth, ConnectSpec};
-use crate::engine::nats::identities::{self, Identities};
+use crate::engine::registry::ConnectRequest;
 use crate::resources::labels::broker_labels;
-use crate::resources::nats::config::{self, AuthConfig, ConfigInput, Paths};
-use crate::resources::nats::{self as objects, Names, Plan, statefulset};
-use crate::resources::quantity;
+use crate::resources::managed::{self, ManagedEngine, ManagedInput, ManagedObjects, PlanError};
 
 pub async fn reconcile(obj: &Broker, ctx: &Context) -> Result<Observed> {
     let Some(spec) = &obj.spec.managed else {
         return Ok(Observed::default());
     };
+    let Some(engine) = managed::for_engine(obj.spec.engine) else {
+        return Ok(not_supported(obj));
+    };
     let ns = obj.namespace().unwrap_or_default();
+    let ca_pem = match tls_ca(ctx, &ns, engine, spec).await? {
+        Ok(ca) => ca,
+        Err(missing) => return Ok(Observed::unresolved(missing)),
+    };
+    let secret = broker_secret(obj, ctx, engine, spec).await?;
     let name = obj.name_any();
-    let names = Names::new(&name);
-    let endpoint = Some(names.client_url(&ns, spec.tls.is_some()));
-
-    let ca_pem = match &spec.tls {
-        Some(tls) => match secret_value(&ctx.client, &ns, &tls.secret_name, "ca.crt").await? {
-            Some(ca) => Some(ca),
-            None => {
-                let missing = refs::missing(
-                    Reason::SecretNotFound,
-                    format!(
-                        "Secret {ns}/{} named in spec.managed.tls.secretName does not exist or lacks ca.crt",
-                        tls.secret_name
-                    ),
-                );
-                let ready = missing.as_not_ready();
-                return Ok(Observed {
-                    conditions: vec![missing, ready],
-                    endpoint,
-                    ..Default::default()
-                });
-            }
-        },
-        None => None,
-    };
-    let auth = match spec.authentication {
-        Authentication::Jwt => Some(auth_material(obj, ctx, &names, spec).await?),
-        Authentication::None => None,
-    };
-    let conn_spec = ConnectSpec {
-        urls: vec![names.client_url(&ns, spec.tls.is_some())],
-        auth: auth
-            .as_ref()
-            .map_or(Auth::None, |a| Auth::Creds(a.creds.clone())),
-        ca_pem,
-        // The servers are ours and advertise only their own pods.
-        only_listed_urls: false,
-    };
-
-    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
-    let current = sets
-        .get_opt(&names.servers)
-        .await?
-        .and_then(|s| s.spec.replicas);
-    let decision = decide_replicas(ctx, obj, spec, current, &conn_spec).await;
-    let replicas = match &decision {
-        Decision::Apply(n) => *n,
-        Decision::Refuse { keep, .. } => *keep,
-    };
-    let plan = Plan {
+    let input = ManagedInput {
         broker: &name,
         namespace: &ns,
-        config: render_config(&name, &ns, &names, spec, replicas, auth.map(|a| a.config)),
-        names,
         spec,
-        replicas,
+        replicas: spec.replicas,
         client_namespaces: client_namespaces(obj, ctx),
         owner: obj
             .controller_owner_ref(&())
             .ok_or_else(|| Error::Malformed("the Broker has no uid".into()))?,
+        secret: secret.as_ref(),
+        ca_pem,
     };
-    let sts = apply_objects(ctx, &plan).await?;
-
-    let (reachable, verdict) = probe(ctx, &super::key(obj), &conn_spec).await;
-    // Degraded needs the Broker to have been available: Ready before, or Degraded already.
-    let was_ready = obj.status.as_ref().is_some_and(|s| {
-        conditions::is_true(&s.conditions, ConditionType::Ready)
-            || conditions::is_true(&s.conditions, ConditionType::Degraded)
-    });
-    let status = sts.status.unwrap_or_default();
-    let generation_seen = status.observed_generation >= sts.metadata.generation;
-    let mut conds = vec![refs::resolved(), reachable];
+    let wanted = engine.plan(&input).map_err(plan_error)?;
+    let current = current_replicas(ctx, &ns, &engine.statefulset_name(input.broker)).await?;
+    let decision = decide_replicas(ctx, obj, spec, current, &wanted.connect).await;
+    let plan = match &decision {
+        Decision::Refuse { keep, .. } if *keep != spec.replicas => engine
+            .plan(&ManagedInput {
+                replicas: *keep,
+                ..input.clone()
+            })
+            .map_err(plan_error)?,
+        _ => wanted,
+    };
+    let sts = apply_objects(ctx, &ns, &plan.objects).await?;
+    let probed = probe(ctx, &super::key(obj), &plan.connect).await;
+    let replicas = plan
+        .objects
+        .statefulset
+        .spec
+        .replicas
+        .unwrap_or(spec.replicas);
+    let mut conds = vec![refs::resolved(), probed.reachable];
     conds.extend(server_conditions(
-        &status,
+        &sts,
         replicas,
-        generation_seen,
-        was_ready,
+        was_available(obj),
         &decision,
     ));
     Ok(Observed {
         conditions: conds,
         replicas: Some(replicas),
-        ready_replicas: Some(status.ready_replicas.unwrap_or(0)),
-        endpoint,
-        info: verdict.ok(),
+        ready_replicas: Some(
+            sts.status
+                .as_ref()
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0),
+        ),
+        endpoint: Some(plan.endpoint),
+        info: probed.info,
     })
 }
 
-/// Asks the broker about its streams only when the spec shrinks the cluster.
+fn not_supported(obj: &Broker) -> Observed {
+    let msg = format!(
+        "this build of Conveyor cannot run managed {} brokers yet; use spec.external",
+        obj.spec.engine.product()
+    );
+    Observed {
+        conditions: vec![
+            refs::resolved(),
+            Desired::is_false(ConditionType::Ready, Reason::NotSupported, msg),
+        ],
+        ..Default::default()
+    }
+}
+
+fn plan_error(e: PlanError) -> Error {
+    match e {
+        PlanError::Credentials(m) => Error::Credentials(m),
+        PlanError::Build { what, source } => Error::Serialize { what, source },
+    }
+}
+
+/// The CA of the broker's TLS Secret, or the condition naming what is missing.
+async fn tls_ca(
+    ctx: &Context,
+    ns: &str,
+    engine: &dyn ManagedEngine,
+    spec: &ManagedBroker,
+) -> Result<refs::Resolved<Option<String>>> {
+    let Some(name) = engine.tls_secret(spec) else {
+        return Ok(Ok(None));
+    };
+    Ok(match secret_value(&ctx.client, ns, name, "ca.crt").await? {
+        Some(ca) => Ok(Some(ca)),
+        None => Err(refs::missing(
+            Reason::SecretNotFound,
+            format!(
+                "Secret {ns}/{name} named in spec.managed.tls.secretName does not exist or lacks ca.crt"
+            ),
+        )),
+    })
+}
+
+async fn current_replicas(ctx: &Context, ns: &str, name: &str) -> Result<Option<i32>> {
+    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
+    Ok(sets.get_opt(name).await?.and_then(|s| s.spec.replicas))
+}
+
+/// Degraded needs the Broker to have been available: Ready before, or Degraded already.
+fn was_available(obj: &Broker) -> bool {
+    obj.status.as_ref().is_some_and(|s| {
+        conditions::is_true(&s.conditions, ConditionType::Ready)
+            || conditions::is_true(&s.conditions, ConditionType::Degraded)
+    })
+}
+
+/// Asks the broker about its replicated destinations only when the spec shrinks the cluster.
 async fn decide_replicas(
     ctx: &Context,
     obj: &Broker,
     spec: &ManagedBroker,
     current: Option<i32>,
-    conn: &ConnectSpec,
+    conn: &ConnectRequest,
 ) -> Decision {
     let shrinking = current.is_some_and(|c| c > spec.replicas) && !spec.allow_unsafe_scale_down;
-    let streams = if shrinking {
-        match ctx.connections.connect(&super::key(obj), conn).await {
-            Ok(c) => c.stream_replicas().await,
+    let replicated = if shrinking {
+        match ctx.brokers.connect(&super::key(obj), conn).await {
+            Ok(c) => c.replicas().await,
             Err(e) => Err(e),
         }
     } else {
         Ok(Vec::new())
     };
     scale::decide(current, spec.replicas, spec.allow_unsafe_scale_down, || {
-        streams
+        replicated
     })
 }
 
 /// Ready, Progressing and Degraded from the StatefulSet's status.
 fn server_conditions(
+    sts: &StatefulSet,
+    replicas: i32,
+    was_ready: bool,
+    decision: &Decision,
+) -> Vec<Desired> {
+    let s = sts.status.clone().unwrap_or_default();
+    let generation_seen = s.observed_generation >= sts.metadata.generation;
+    rollout_conditions(&s, replicas, generation_seen, was_ready, decision)
+}
+
+fn rollout_conditions(
     s: &StatefulSetStatus,
     replicas: i32,
     generation_seen: bool,
@@ -192,89 +230,43 @@ fn client_namespaces(obj: &Broker, ctx: &Context) -> Vec<String> {
     v
 }
 
-fn render_config(
-    name: &str,
-    ns: &str,
-    names: &Names,
-    spec: &ManagedBroker,
-    replicas: i32,
-    auth: Option<AuthConfig>,
-) -> String {
-    // Leave a tenth of the volume for the filesystem and compaction.
-    let store = quantity::bytes(&spec.storage.size).unwrap_or(1 << 30) / 10 * 9;
-    config::render(&ConfigInput {
-        cluster: name.to_string(),
-        routes: (0..replicas).map(|i| names.route(ns, i)).collect(),
-        client_port: config::CLIENT_PORT,
-        cluster_port: config::CLUSTER_PORT,
-        monitor_port: config::MONITOR_PORT,
-        max_payload: spec.max_payload,
-        max_file_store: store,
-        tls: spec.tls.is_some(),
-        auth,
-        paths: Paths::default(),
-    })
-}
-
-async fn apply<K>(ctx: &Context, ns: &str, obj: &K) -> Result<K>
-where
-    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + Serialize
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
-    let mut body = serde_json::to_value(obj).map_err(|source| Error::Serialize {
-        what: "object",
-        source,
-    })?;
-    body["apiVersion"] = K::api_version(&()).into();
-    body["kind"] = K::kind(&()).into();
-    Ok(api
-        .patch(
-            &obj.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(body),
-        )
-        .await?)
-}
-
-fn built<T>(r: std::result::Result<T, serde_json::Error>) -> Result<T> {
-    r.map_err(|source| Error::Serialize {
-        what: "a managed broker object",
-        source,
-    })
-}
-
 /// Applies every object of the broker; returns the StatefulSet as the API server has it.
-async fn apply_objects(ctx: &Context, p: &Plan<'_>) -> Result<StatefulSet> {
-    let ns = p.namespace;
-    apply(ctx, ns, &objects::config_map(p)).await?;
-    apply(ctx, ns, &built(objects::cluster_service(p))?).await?;
-    apply(ctx, ns, &built(objects::client_service(p))?).await?;
-    apply(ctx, ns, &built(objects::disruption_budget(p))?).await?;
-    apply(ctx, ns, &built(objects::network_policy(p))?).await?;
-    apply(ctx, ns, &built(statefulset::statefulset(p))?).await
+async fn apply_objects(ctx: &Context, ns: &str, o: &ManagedObjects) -> Result<StatefulSet> {
+    apply(ctx, ns, &o.config_map).await?;
+    for service in &o.services {
+        apply(ctx, ns, service).await?;
+    }
+    apply(ctx, ns, &o.disruption_budget).await?;
+    apply(ctx, ns, &o.network_policy).await?;
+    if let Some(access) = &o.peer_access {
+        apply(ctx, ns, &access.service_account).await?;
+        apply(ctx, ns, &access.role).await?;
+        apply(ctx, ns, &access.role_binding).await?;
+    }
+    apply(ctx, ns, &o.statefulset).await
 }
 
-/// Reads the broker's auth Secret, creating it (new keys) when it does not exist. The Secret
-/// is owned by the Broker only when its volumes are deleted with it: with `Retain`, the keys
-/// outlive the Broker so that a new Broker of the same name can use the retained data.
-async fn auth_material(
+/// Reads the broker's Secret, creating it (new keys) when it does not exist; `None` when the
+/// spec needs none. The Secret is owned by the Broker only when its volumes are deleted with
+/// it: with `Retain`, the keys outlive the Broker so that a new Broker of the same name can use
+/// the retained data.
+async fn broker_secret(
     obj: &Broker,
     ctx: &Context,
-    names: &Names,
+    engine: &dyn ManagedEngine,
     spec: &ManagedBroker,
-) -> Result<Identities> {
+) -> Result<Option<BTreeMap<String, String>>> {
+    if !engine.keeps_secret(spec) {
+        return Ok(None);
+    }
     let ns = obj.namespace().unwrap_or_default();
+    let name = engine.secret_name(&obj.name_any());
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    // Owned by the Broker (and so deleted with it) exactly when its volumes are.
     let owner = match spec.storage.deletion_policy {
         VolumeDeletionPolicy::Delete => obj.controller_owner_ref(&()).map(|o| vec![o]),
         VolumeDeletionPolicy::Retain => None,
     };
-    let secret = match api.get_opt(&names.auth).await? {
+    let secret = match api.get_opt(&name).await? {
         Some(s)
             if s.metadata
                 .owner_references
@@ -283,43 +275,39 @@ async fn auth_material(
                 != owner.as_ref() =>
         {
             let patch = serde_json::json!({"metadata": {"ownerReferences": owner}});
-            api.patch(&names.auth, &PatchParams::default(), &Patch::Merge(patch))
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(patch))
                 .await?
         }
         Some(s) => s,
         None => {
-            let mut s = new_auth_secret(&obj.name_any(), &names.auth, &ns)?;
-            s.metadata.owner_references = owner;
+            let iat = k8s_openapi::jiff::Timestamp::now().as_second();
+            let data = engine
+                .new_secret(&obj.name_any(), iat)
+                .map_err(plan_error)?;
+            let s = Secret {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: Some(ns.clone()),
+                    labels: Some(broker_labels(&obj.name_any())),
+                    owner_references: owner,
+                    ..Default::default()
+                },
+                string_data: Some(data),
+                type_: Some("Opaque".into()),
+                ..Default::default()
+            };
             match api.create(&PostParams::default(), &s).await {
                 Ok(created) => created,
-                Err(kube::Error::Api(e)) if e.code == 409 => api.get(&names.auth).await?,
+                Err(kube::Error::Api(e)) if e.code == 409 => api.get(&name).await?,
                 Err(e) => return Err(e.into()),
             }
         }
     };
-    identities::read(|key| super::secret_text(&secret, key)).map_err(|e| {
-        Error::Credentials(format!(
-            "Secret {ns}/{}: {e}; restore it from a backup (new keys would lock out existing clients and data)",
-            names.auth
-        ))
-    })
-}
-
-/// A Secret holding new identities for the broker.
-fn new_auth_secret(broker: &str, name: &str, ns: &str) -> Result<Secret> {
-    let iat = k8s_openapi::jiff::Timestamp::now().as_second();
-    let data = identities::generate(broker, iat).map_err(|e| Error::Credentials(e.to_string()))?;
-    Ok(Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some(name.to_string()),
-            namespace: Some(ns.to_string()),
-            labels: Some(broker_labels(broker)),
-            ..Default::default()
-        },
-        string_data: Some(data.into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
-        type_: Some("Opaque".into()),
-        ..Default::default()
-    })
+    let keys = secret.data.iter().flat_map(|d| d.keys());
+    Ok(Some(
+        keys.filter_map(|k| Some((k.clone(), secret_text(&secret, k)?)))
+            .collect(),
+    ))
 }
 
 #[cfg(test)]
@@ -343,7 +331,7 @@ mod tests {
 
     #[test]
     fn all_servers_ready_and_current_is_ready_and_complete() {
-        let c = server_conditions(&status(3, 3, 3, true), 3, true, false, &Decision::Apply(3));
+        let c = rollout_conditions(&status(3, 3, 3, true), 3, true, false, &Decision::Apply(3));
         assert!(find(&c, ConditionType::Ready).status);
         assert_eq!(
             find(&c, ConditionType::Progressing).reason,
@@ -354,7 +342,7 @@ mod tests {
 
     #[test]
     fn a_rollout_is_progressing_not_degraded() {
-        let c = server_conditions(&status(2, 1, 3, false), 3, true, true, &Decision::Apply(3));
+        let c = rollout_conditions(&status(2, 1, 3, false), 3, true, true, &Decision::Apply(3));
         assert!(!find(&c, ConditionType::Ready).status);
         assert_eq!(
             find(&c, ConditionType::Progressing).reason,
@@ -365,10 +353,10 @@ mod tests {
 
     #[test]
     fn a_lost_server_after_being_ready_is_degraded() {
-        let c = server_conditions(&status(2, 3, 3, true), 3, true, true, &Decision::Apply(3));
+        let c = rollout_conditions(&status(2, 3, 3, true), 3, true, true, &Decision::Apply(3));
         assert!(find(&c, ConditionType::Degraded).status);
         let first_start =
-            server_conditions(&status(2, 3, 3, true), 3, true, false, &Decision::Apply(3));
+            rollout_conditions(&status(2, 3, 3, true), 3, true, false, &Decision::Apply(3));
         assert!(
             !find(&first_start, ConditionType::Degraded).status,
             "starting up is not degraded"
@@ -381,7 +369,7 @@ mod tests {
             keep: 5,
             why: "streams orders (R5)".into(),
         };
-        let c = server_conditions(&status(5, 5, 5, true), 5, true, true, &d);
+        let c = rollout_conditions(&status(5, 5, 5, true), 5, true, true, &d);
         let p = find(&c, ConditionType::Progressing);
         assert_eq!((p.status, p.reason), (false, Reason::ScaleDownRefused));
         assert!(p.message.contains("orders"));

@@ -1,6 +1,7 @@
-//! The Broker reconciler. A managed Broker's objects are built and applied (`managed`), an
-//! external Broker's destination and credentials are checked (`external`); then both connect
-//! through the shared per-Broker connection and report what the broker says about itself.
+//! The Broker reconciler, the same for every engine. A managed Broker's objects are built by
+//! its engine's strategy and applied (`managed`), an external Broker's destinations and
+//! credentials are checked (`external`); then both connect through the shared per-Broker
+//! connection and report what the broker says about itself.
 
 pub mod external;
 pub mod managed;
@@ -24,11 +25,11 @@ use super::context::Context;
 use super::driver::{Reconcile, scoped_api};
 use super::error::Result;
 use super::status::{api_for, apply_status};
-use crate::api::broker::JetStreamLimits;
+use crate::api::broker::{JetStreamLimits, NatsStatus, RabbitmqStatus};
 use crate::api::conditions::{ConditionType, Desired, Reason, merge};
 use crate::api::{Broker, BrokerStatus};
-use crate::engine::nats::connection::{BrokerKey, ConnectSpec};
-use crate::engine::{BrokerInfo, Engine, EngineError};
+use crate::engine::registry::{BrokerKey, ConnectRequest};
+use crate::engine::{BrokerInfo, EngineError, EngineFacts};
 use crate::resources::labels;
 
 /// How soon a Broker that is not Ready is looked at again (connection events come sooner).
@@ -45,6 +46,15 @@ pub struct Observed {
 }
 
 impl Observed {
+    /// A Broker whose reference (a Secret) does not resolve.
+    pub fn unresolved(missing: Desired) -> Self {
+        let ready = missing.as_not_ready();
+        Self {
+            conditions: vec![missing, ready],
+            ..Default::default()
+        }
+    }
+
     fn ready(&self) -> bool {
         self.conditions
             .iter()
@@ -88,7 +98,7 @@ impl Reconcile for Broker {
             labels::MANAGER
         ));
         let scope = ns.map(str::to_string);
-        let changes = futures::stream::unfold(ctx.connections.subscribe(), |mut rx| async move {
+        let changes = futures::stream::unfold(ctx.brokers.subscribe(), |mut rx| async move {
             loop {
                 match rx.recv().await {
                     Ok(key) => return Some((key, rx)),
@@ -129,55 +139,75 @@ pub async fn drop_stale_connections(
         }
         // A partial list would close live connections: keep them all until a full one.
         if complete {
-            ctx.connections.retain(|k| live.contains(k));
+            ctx.brokers.retain(|k| live.contains(k));
         }
     }
 }
 
-/// Connects (or reuses the connection) and asks the broker what it is. Returns the
-/// `Reachable` condition, the `Ready` verdict of the broker itself, and what it reported.
-pub async fn probe(
-    ctx: &Context,
-    key: &BrokerKey,
-    spec: &ConnectSpec,
-) -> (Desired, Result<BrokerInfo, Desired>) {
-    let endpoint = spec.urls.join(", ");
-    let result = match ctx.connections.connect(key, spec).await {
+/// What a probe of the broker found.
+pub struct Probe {
+    pub reachable: Desired,
+    /// What the broker reported, when it answered.
+    pub info: Option<BrokerInfo>,
+    /// Why the broker itself is not Ready, if it is not.
+    pub not_ready: Option<Desired>,
+}
+
+/// Connects (or reuses the connection) and asks the broker what it is.
+pub async fn probe(ctx: &Context, key: &BrokerKey, req: &ConnectRequest) -> Probe {
+    let endpoint = req
+        .management_url
+        .iter()
+        .chain(&req.urls)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    let result = match ctx.brokers.connect(key, req).await {
         Ok(conn) => conn.info().await,
         Err(e) => Err(e),
     };
-    let unreachable =
-        |m: String| Desired::is_false(ConditionType::Reachable, Reason::Unreachable, m);
+    let product = req.engine.product();
+    let reachable = |status: bool, reason: Reason, m: String| {
+        Desired::new(ConditionType::Reachable, status, reason, m)
+    };
+    let not_ready = |reason: Reason, m: String| Desired::is_false(ConditionType::Ready, reason, m);
+    let failed = |reachable: Desired, not_ready: Desired| Probe {
+        reachable,
+        info: None,
+        not_ready: Some(not_ready),
+    };
     match result {
-        Ok(info) => (
-            Desired::is_true(
-                ConditionType::Reachable,
-                Reason::Connected,
-                format!("connected to NATS {} at {endpoint}", info.version),
-            ),
-            Ok(info),
+        Ok(info) => {
+            let connected = format!("connected to {product} {} at {endpoint}", info.version);
+            let not_ready = match &info.facts {
+                EngineFacts::RabbitMq { amqp: Err(why), .. } => Some(not_ready(
+                    Reason::AmqpUnreachable,
+                    format!("the management API answers but AMQP does not: {why}"),
+                )),
+                _ => None,
+            };
+            Probe {
+                reachable: reachable(true, Reason::Connected, connected),
+                info: Some(info),
+                not_ready,
+            }
+        }
+        Err(EngineError::MissingCapability(m)) => failed(
+            reachable(true, Reason::Connected, format!("connected to {endpoint}")),
+            not_ready(Reason::MissingCapability, m),
         ),
-        Err(EngineError::JetStreamDisabled(m)) => (
-            Desired::is_true(
-                ConditionType::Reachable,
-                Reason::Connected,
-                format!("connected to {endpoint}"),
-            ),
-            Err(Desired::is_false(
-                ConditionType::Ready,
-                Reason::JetStreamDisabled,
-                format!("the broker runs without JetStream: {m}"),
-            )),
-        ),
+        Err(EngineError::Unauthorized(m)) => {
+            let msg = format!("{endpoint} refused Conveyor's credentials: {m}");
+            failed(
+                reachable(false, Reason::Unauthorized, msg.clone()),
+                not_ready(Reason::Unauthorized, msg),
+            )
+        }
         Err(e) => {
             let msg = format!("cannot reach {endpoint}: {e}");
-            (
-                unreachable(msg.clone()),
-                Err(Desired::is_false(
-                    ConditionType::Ready,
-                    Reason::Unreachable,
-                    msg,
-                )),
+            failed(
+                reachable(false, Reason::Unreachable, msg.clone()),
+                not_ready(Reason::Unreachable, msg),
             )
         }
     }
@@ -201,8 +231,28 @@ pub async fn secret_value(
     Ok(api.get_opt(name).await?.and_then(|s| secret_text(&s, key)))
 }
 
+/// What a RabbitMQ broker said about its management API and AMQP listener; when it did not
+/// answer at all, the management API is reported down and the rest kept.
+fn rabbitmq_status(o: &Observed, prev: Option<RabbitmqStatus>) -> Option<RabbitmqStatus> {
+    match o.info.as_ref().map(|i| &i.facts) {
+        Some(EngineFacts::RabbitMq {
+            management_version,
+            amqp,
+        }) => Some(RabbitmqStatus {
+            management_version: Some(management_version.clone()),
+            management_api: true,
+            amqp: amqp.is_ok(),
+        }),
+        _ => prev.map(|p| RabbitmqStatus {
+            management_api: false,
+            ..p
+        }),
+    }
+}
+
 async fn write_status(obj: &Broker, ctx: &Context, o: Observed) -> Result<()> {
     let old = obj.status.as_ref();
+    let rabbitmq = rabbitmq_status(&o, old.and_then(|s| s.rabbitmq.clone()));
     let generation = obj.metadata.generation;
     let prev = old.cloned().unwrap_or_default();
     let new = BrokerStatus {
@@ -224,16 +274,19 @@ async fn write_status(obj: &Broker, ctx: &Context, o: Observed) -> Result<()> {
             .or(prev.server_version),
         servers: o.info.as_ref().map(|i| i.servers as i32).or(prev.servers),
         cluster: o.info.as_ref().map_or(prev.cluster, |i| i.cluster.clone()),
-        jet_stream: o
-            .info
-            .as_ref()
-            .map(|i| JetStreamLimits {
-                max_memory: i.limits.max_memory,
-                max_storage: i.limits.max_storage,
-                max_streams: i.limits.max_streams,
-                max_consumers: i.limits.max_consumers,
-            })
-            .or(prev.jet_stream),
+        nodes: o.info.as_ref().map_or(prev.nodes, |i| i.nodes.clone()),
+        nats: match o.info.as_ref().map(|i| &i.facts) {
+            Some(EngineFacts::Nats { limits: l }) => Some(NatsStatus {
+                jet_stream: JetStreamLimits {
+                    max_memory: l.max_memory,
+                    max_storage: l.max_storage,
+                    max_streams: l.max_streams,
+                    max_consumers: l.max_consumers,
+                },
+            }),
+            _ => prev.nats,
+        },
+        rabbitmq,
     };
     apply_status(&api_for(&ctx.client, obj), obj, old, &new).await?;
     Ok(())

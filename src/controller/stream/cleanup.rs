@@ -1,14 +1,14 @@
-//! A Queue's or Topic's deletion policy, run on its finalizer.
+//! A Queue's or Topic's deletion policy, run on its finalizer, whatever the engine.
 //!
-//! - `Retain`: the stream and its messages stay in the broker; the resource goes at once.
-//! - `Delete`: the stream is deleted (only if this resource owns it).
+//! - `Retain`: the destination and its messages stay in the broker; the resource goes at once.
+//! - `Delete`: the destination is deleted (only if this resource owns it).
 //! - `DeleteIfEmpty`: deleted when it holds no messages; otherwise the resource stays, with a
 //!   `DeletionBlocked` condition and Event, and Conveyor looks again with backoff.
 //!
 //! When the broker is gone for good the deletion must not hang: a Broker that no longer exists
 //! leaves nothing to do, and an unreachable one is retried for the operator's deletion grace
 //! period (`--unreachable-deletion-grace-seconds`, 5 minutes by default), after which the
-//! resource goes and an Event says that the stream was left in the broker.
+//! resource goes and an Event says that the destination was left in the broker.
 
 use std::sync::Arc;
 
@@ -17,7 +17,7 @@ use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 
-use super::{StreamKind, connection, owner, stream_name};
+use super::{Link, StreamKind, link, target};
 use crate::api::StreamStatus;
 use crate::api::common::DeletionPolicy;
 use crate::api::conditions::{self, ConditionType, Desired, Reason, merge};
@@ -26,22 +26,17 @@ use crate::controller::driver::publish;
 use crate::controller::error::{Error, Result};
 use crate::controller::refs;
 use crate::controller::status::{api_for, apply_status};
-use crate::engine::{Deletion, Streams};
+use crate::engine::{DeleteWhen, Deletion};
 
 pub async fn cleanup_stream<K: StreamKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
-    let name = stream_name(&*obj);
+    let target = target(&*obj);
+    let name = &target.name;
     let policy = obj.settings().deletion_policy;
     let declared = super::declared(&*obj);
     if policy == DeletionPolicy::Retain || !declared {
         if declared {
-            publish(
-                &ctx,
-                &*obj,
-                EventType::Normal,
-                "StreamRetained",
-                format!("deletionPolicy Retain: stream {name} and its messages stay in the broker"),
-            )
-            .await;
+            let note = format!("deletionPolicy Retain: {name} and its messages stay in the broker");
+            publish(&ctx, &*obj, EventType::Normal, "StreamRetained", note).await;
         }
         return Ok(Action::await_change());
     }
@@ -50,46 +45,42 @@ pub async fn cleanup_stream<K: StreamKind>(obj: Arc<K>, ctx: Arc<Context>) -> Re
         match refs::broker(&ctx.client, &ctx.config.namespaces, &ns, obj.broker_ref()).await? {
             Ok(b) => b,
             Err(missing) => {
-                let note = format!("{}; stream {name} was not deleted", missing.message);
+                let note = format!("{}; {name} was not deleted", missing.message);
                 publish(&ctx, &*obj, EventType::Warning, "StreamLeftInBroker", note).await;
                 return Ok(Action::await_change());
             }
         };
-    let conn = match connection(&ctx, &broker) {
-        Ok(c) => c,
-        Err(why) => return give_up_or_retry(&*obj, &ctx, &name, why.message).await,
+    let conn = match link(&ctx, &broker) {
+        Link::Connected(c) => c,
+        Link::Connecting => {
+            return Err(Error::Broker(format!(
+                "cannot delete {name} yet: connecting to the broker"
+            )));
+        }
+        Link::Down(why) => return give_up_or_retry(&*obj, &ctx, name, why.message).await,
     };
-    if policy == DeletionPolicy::DeleteIfEmpty {
-        match conn.stream_state(&name).await {
-            Ok(Some(s)) if s.messages > 0 => return blocked(&*obj, &ctx, &name, s.messages).await,
-            Ok(_) => {}
-            Err(e) => return give_up_or_retry(&*obj, &ctx, &name, e.to_string()).await,
+    let when = match policy {
+        DeletionPolicy::DeleteIfEmpty => DeleteWhen::Empty,
+        _ => DeleteWhen::Always,
+    };
+    let (kind, reason, note) = match conn.delete(&target, when).await {
+        Ok(Deletion::Deleted) => (
+            EventType::Normal,
+            "StreamDeleted",
+            format!("deleted {name}"),
+        ),
+        Ok(Deletion::Absent) => return Ok(Action::await_change()),
+        Ok(Deletion::NotOwned(why)) => (
+            EventType::Warning,
+            "StreamLeftInBroker",
+            format!("{why}; not deleted"),
+        ),
+        Ok(Deletion::NotEmpty(messages, why)) => {
+            return blocked(&*obj, &ctx, messages, why).await;
         }
-    }
-    match conn.delete_stream(&name, &owner(&*obj)).await {
-        Ok(Deletion::Deleted) => {
-            publish(
-                &ctx,
-                &*obj,
-                EventType::Normal,
-                "StreamDeleted",
-                format!("deleted stream {name}"),
-            )
-            .await
-        }
-        Ok(Deletion::Absent) => {}
-        Ok(Deletion::NotOwned(why)) => {
-            publish(
-                &ctx,
-                &*obj,
-                EventType::Warning,
-                "StreamLeftInBroker",
-                format!("{why}; not deleted"),
-            )
-            .await
-        }
-        Err(e) => return give_up_or_retry(&*obj, &ctx, &name, e.to_string()).await,
-    }
+        Err(e) => return give_up_or_retry(&*obj, &ctx, name, e.to_string()).await,
+    };
+    publish(&ctx, &*obj, kind, reason, note).await;
     Ok(Action::await_change())
 }
 
@@ -109,28 +100,24 @@ async fn give_up_or_retry<K: StreamKind>(
     let waited = Timestamp::now().duration_since(since).unsigned_abs();
     let grace = ctx.config.deletion_grace;
     if waited < grace {
-        return Err(Error::Broker(format!(
-            "cannot delete stream {name} yet: {why}"
-        )));
+        return Err(Error::Broker(format!("cannot delete {name} yet: {why}")));
     }
     let note = format!(
-        "the broker stayed unavailable for {}s ({why}); stream {name} was left in the broker",
+        "the broker stayed unavailable for {}s ({why}); {name} was left in the broker",
         grace.as_secs()
     );
     publish(ctx, obj, EventType::Warning, "StreamLeftInBroker", note).await;
     Ok(Action::await_change())
 }
 
-/// Keeps a `DeleteIfEmpty` resource while its stream holds messages, and says so.
+/// Keeps a `DeleteIfEmpty` resource while its destination holds messages, and says so.
 async fn blocked<K: StreamKind>(
     obj: &K,
     ctx: &Context,
-    name: &str,
     messages: u64,
+    why: String,
 ) -> Result<Action> {
-    let msg = format!(
-        "deletionPolicy DeleteIfEmpty: stream {name} still holds {messages} message(s); it is deleted once empty"
-    );
+    let msg = format!("deletionPolicy DeleteIfEmpty: {why}; it is deleted once empty");
     let old = obj.stream_status();
     let first = old
         .and_then(|s| conditions::find(&s.conditions, ConditionType::Ready))

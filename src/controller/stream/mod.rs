@@ -1,6 +1,7 @@
-//! The reconciler that Queue and Topic share: both are a stream inside a Broker. One generic
-//! pipeline (resolve the Broker -> validate -> build the stream spec -> sync it in the broker ->
-//! status, and a deletion policy on the finalizer) with a small per-kind strategy, `StreamKind`.
+//! The reconciler that Queue and Topic share: both are a destination inside a Broker, whatever
+//! its engine. One generic pipeline (resolve the Broker -> check its size -> connect -> build
+//! the destination spec -> sync it in the broker -> status, and a deletion policy on the
+//! finalizer) with a small per-kind strategy, `StreamKind`.
 
 pub mod cleanup;
 pub mod spec;
@@ -13,57 +14,60 @@ use kube::ResourceExt;
 use kube::api::Api;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::EventType;
+use kube::runtime::events::EventType as EventKind;
 use kube::runtime::watcher;
 
 use super::context::Context;
 use super::driver::{Reconcile, dependents, publish, scoped_api};
-use super::error::Result;
+use super::error::{Error, Result};
 use super::refs;
 use super::status::{api_for, apply_status};
 use crate::api::common::{BrokerReference, DriftPolicy, StreamSettings};
 use crate::api::conditions::{self, ConditionType, Desired, Reason, merge};
+use crate::api::topic::EventType;
 use crate::api::{Broker, Queue, StreamStatus, Topic};
-use crate::engine::nats::connection::Connection;
-use crate::engine::{Retention, StreamState, StreamSync, Streams, SyncMode};
-use crate::resources::names::default_stream_name;
+use crate::engine::{
+    BrokerConnection, DestinationKind, DestinationSpec, DestinationState, SyncMode, SyncOutcome,
+    Target,
+};
+use crate::resources::names::default_name_in_broker;
 
-/// The finalizer that applies a stream's deletion policy.
+/// The finalizer that applies a Queue's or Topic's deletion policy.
 pub const STREAM_FINALIZER: &str = "conveyor.dev/stream";
 
 /// How soon a resource that waits on something outside it looks again.
 const RETRY: Duration = Duration::from_secs(15);
 
-/// What the shared stream pipeline needs to know of a kind.
+/// What the shared pipeline needs to know of a kind.
 pub trait StreamKind: Reconcile {
-    /// Prefix of the derived stream name (`queue`, `topic`).
+    /// Queue or Topic.
+    const KIND: DestinationKind;
+    /// Prefix of the derived name in the broker (`queue`, `topic`).
     const PREFIX: &'static str;
-    /// How the stream retains messages.
-    const RETENTION: Retention;
     fn broker_ref(&self) -> &BrokerReference;
-    fn spec_stream_name(&self) -> Option<&str>;
+    fn spec_name_in_broker(&self) -> Option<&str>;
     fn settings(&self) -> &StreamSettings;
-    /// The subjects of the stream called `stream`.
-    fn subjects(&self, stream: &str) -> Vec<String>;
+    /// The declared event types (none for a Queue).
+    fn event_types(&self) -> &[EventType];
     /// Problems the broker cannot catch (a Topic's event schemas).
     fn problems(&self) -> Vec<String>;
     fn stream_status(&self) -> Option<&StreamStatus>;
 }
 
 impl StreamKind for Queue {
+    const KIND: DestinationKind = DestinationKind::Queue;
     const PREFIX: &'static str = "queue";
-    const RETENTION: Retention = Retention::WorkQueue;
     fn broker_ref(&self) -> &BrokerReference {
         &self.spec.broker_ref
     }
-    fn spec_stream_name(&self) -> Option<&str> {
-        self.spec.stream_name.as_deref()
+    fn spec_name_in_broker(&self) -> Option<&str> {
+        self.spec.name_in_broker.as_deref()
     }
     fn settings(&self) -> &StreamSettings {
         &self.spec.stream
     }
-    fn subjects(&self, stream: &str) -> Vec<String> {
-        spec::queue_subjects(stream)
+    fn event_types(&self) -> &[EventType] {
+        &[]
     }
     fn problems(&self) -> Vec<String> {
         Vec::new()
@@ -74,19 +78,19 @@ impl StreamKind for Queue {
 }
 
 impl StreamKind for Topic {
+    const KIND: DestinationKind = DestinationKind::Topic;
     const PREFIX: &'static str = "topic";
-    const RETENTION: Retention = Retention::Limits;
     fn broker_ref(&self) -> &BrokerReference {
         &self.spec.broker_ref
     }
-    fn spec_stream_name(&self) -> Option<&str> {
-        self.spec.stream_name.as_deref()
+    fn spec_name_in_broker(&self) -> Option<&str> {
+        self.spec.name_in_broker.as_deref()
     }
     fn settings(&self) -> &StreamSettings {
         &self.spec.stream
     }
-    fn subjects(&self, stream: &str) -> Vec<String> {
-        spec::topic_subjects(stream, &self.spec.event_types)
+    fn event_types(&self) -> &[EventType] {
+        &self.spec.event_types
     }
     fn problems(&self) -> Vec<String> {
         spec::schema_problems(&self.spec.event_types)
@@ -96,14 +100,14 @@ impl StreamKind for Topic {
     }
 }
 
-/// The broker-side name of a stream: the one recorded in status wins (it never changes), then
-/// the spec's, then the derived default.
-pub fn stream_name<K: StreamKind>(obj: &K) -> String {
+/// The name inside the broker: the one recorded in status wins (it never changes), then the
+/// spec's, then the derived default.
+pub fn name_in_broker<K: StreamKind>(obj: &K) -> String {
     obj.stream_status()
-        .and_then(|s| s.stream_name.clone())
-        .or_else(|| obj.spec_stream_name().map(str::to_string))
+        .and_then(|s| s.name_in_broker.clone())
+        .or_else(|| obj.spec_name_in_broker().map(str::to_string))
         .unwrap_or_else(|| {
-            default_stream_name(
+            default_name_in_broker(
                 K::PREFIX,
                 &obj.namespace().unwrap_or_default(),
                 &obj.name_any(),
@@ -111,15 +115,15 @@ pub fn stream_name<K: StreamKind>(obj: &K) -> String {
         })
 }
 
-/// Whether Conveyor has created this resource's stream (or found its own) in the broker.
+/// Whether Conveyor has created this resource's destination (or found its own) in the broker.
 pub fn declared<K: StreamKind>(obj: &K) -> bool {
     obj.stream_status()
         .and_then(|s| s.declared)
         .unwrap_or(false)
 }
 
-/// The owner recorded in the stream's metadata: kind, namespace and name (not the uid, so that
-/// a resource re-created after a `Retain` deletion picks its stream up again).
+/// The owner recorded in the broker: kind, namespace and name (not the uid, so that a resource
+/// re-created after a `Retain` deletion picks its destination up again).
 pub fn owner<K: StreamKind>(obj: &K) -> String {
     format!(
         "{} {}/{}",
@@ -129,71 +133,240 @@ pub fn owner<K: StreamKind>(obj: &K) -> String {
     )
 }
 
-/// The Broker's shared connection, or the condition saying why there is none.
-pub fn connection(ctx: &Context, broker: &Broker) -> std::result::Result<Arc<Connection>, Desired> {
+/// The destination a deletion or read is about.
+pub fn target<K: StreamKind>(obj: &K) -> Target {
+    Target {
+        kind: K::KIND,
+        name: name_in_broker(obj),
+        owner: owner(obj),
+    }
+}
+
+/// The state of a Broker's connection as seen from a resource that uses it.
+pub enum Link {
+    Connected(Arc<dyn BrokerConnection>),
+    /// The Broker is reachable but this process has no connection yet (it just started, or
+    /// took over): the Broker's own reconcile is about to make one.
+    Connecting,
+    /// Not usable; the condition says why.
+    Down(Desired),
+}
+
+/// The Broker's shared connection, or why there is none.
+pub fn link(ctx: &Context, broker: &Broker) -> Link {
     let key = (broker.namespace().unwrap_or_default(), broker.name_any());
     let reachable = broker
         .status
         .as_ref()
         .and_then(|s| conditions::find(&s.conditions, ConditionType::Reachable));
-    match (ctx.connections.get(&key), reachable) {
-        (Some(conn), Some(c)) if c.status == "True" => Ok(conn),
-        // Reachable, but this process has no connection yet (it just started, or took over):
-        // the Broker's own reconcile is about to make one.
-        (None, Some(c)) if c.status == "True" => Err(Desired::is_false(
-            ConditionType::Ready,
-            Reason::BrokerNotReady,
-            format!("waiting for this operator's connection to Broker {}", key.1),
-        )),
-        (_, Some(c)) => Err(Desired::is_false(
-            ConditionType::Ready,
-            Reason::BrokerNotReady,
-            format!("Broker {} is not reachable: {}", key.1, c.message),
-        )),
-        _ => Err(Desired::is_false(
-            ConditionType::Ready,
-            Reason::BrokerNotReady,
-            format!("Broker {} has not connected yet", key.1),
-        )),
+    let not_ready = |m: String| Desired::is_false(ConditionType::Ready, Reason::BrokerNotReady, m);
+    match (ctx.brokers.get(&key), reachable) {
+        (Some(conn), Some(c)) if conditions::is_true_condition(c) => Link::Connected(conn),
+        (None, Some(c)) if conditions::is_true_condition(c) => Link::Connecting,
+        (_, Some(c)) => Link::Down(not_ready(format!(
+            "Broker {} is not reachable: {}",
+            key.1, c.message
+        ))),
+        _ => Link::Down(not_ready(format!("Broker {} has not connected yet", key.1))),
     }
-}
-
-/// Whether the Broker says it is reachable although this process has no connection to it yet.
-fn connecting(ctx: &Context, broker: &Broker) -> bool {
-    let key = (broker.namespace().unwrap_or_default(), broker.name_any());
-    let reachable = broker
-        .status
-        .as_ref()
-        .is_some_and(|s| conditions::is_true(&s.conditions, ConditionType::Reachable));
-    reachable && ctx.connections.get(&key).is_none()
 }
 
 /// What one pass decided, before it becomes status.
 struct Pass {
     conditions: Vec<Desired>,
-    state: Option<StreamState>,
-    /// When to look again; `None`: at the next resync.
+    state: Option<DestinationState>,
+    /// When to look again; `None`: at the next refresh.
     requeue: Option<Duration>,
-    /// The stream is in the broker and ours.
+    /// The destination is in the broker and ours.
     declared: bool,
+    /// A broker failure: written to status, then returned so that it is counted and backs off.
+    error: Option<Error>,
 }
 
 impl Pass {
-    fn waiting(refs: Desired, ready: Desired) -> Self {
+    fn waiting(conditions: Vec<Desired>, requeue: Duration) -> Self {
         Self {
-            conditions: vec![refs, ready],
+            conditions,
             state: None,
-            requeue: Some(RETRY),
+            requeue: Some(requeue),
             declared: false,
+            error: None,
         }
+    }
+
+    fn unresolved(missing: Desired) -> Self {
+        let ready = missing.as_not_ready();
+        Self::waiting(vec![missing, ready], RETRY)
+    }
+
+    fn not_ready(ready: Desired) -> Self {
+        Self::waiting(vec![refs::resolved(), ready], RETRY)
     }
 }
 
 async fn apply_stream<K: StreamKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
-    let pass = sync_stream(&*obj, &ctx).await?;
+    let mut pass = sync_stream(&*obj, &ctx).await?;
+    write_status(&*obj, &ctx, &pass).await?;
+    if let Some(e) = pass.error.take() {
+        return Err(e);
+    }
+    Ok(Action::requeue(
+        pass.requeue.unwrap_or(ctx.config.stream_refresh),
+    ))
+}
+
+/// Resolve -> check size -> connect -> build -> sync, as conditions and the destination's state.
+async fn sync_stream<K: StreamKind>(obj: &K, ctx: &Context) -> Result<Pass> {
+    let ns = obj.namespace().unwrap_or_default();
+    let broker =
+        match refs::broker(&ctx.client, &ctx.config.namespaces, &ns, obj.broker_ref()).await? {
+            Ok(b) => b,
+            Err(missing) => return Ok(Pass::unresolved(missing)),
+        };
+    if let Some(too_few) = insufficient_servers(obj.settings(), &broker) {
+        return Ok(Pass::not_ready(too_few));
+    }
+    let conn = match link(ctx, &broker) {
+        Link::Connected(c) => c,
+        // Keep the status as it is and look again in a moment, rather than report a blip.
+        Link::Connecting => return Ok(Pass::waiting(Vec::new(), Duration::from_secs(1))),
+        Link::Down(why) => return Ok(Pass::not_ready(why)),
+    };
+    let name = name_in_broker(obj);
+    let wanted = match build(obj, &name) {
+        Ok(w) => w,
+        Err(e) => {
+            let invalid = Desired::is_false(ConditionType::Ready, Reason::InvalidSpec, e);
+            return Ok(Pass::not_ready(invalid));
+        }
+    };
+    let outcome = match conn.ensure(&wanted, sync_mode(obj)).await {
+        Ok(o) => o,
+        Err(e) => return Ok(failed(&name, e)),
+    };
+    report(obj, ctx, &name, &outcome, declared(obj)).await;
+    Ok(synced(obj, &name, &outcome, conn.unsupported(&wanted)))
+}
+
+/// `Ready=False InsufficientServers` when the spec asks for more replicas than the Broker has
+/// servers (its spec for managed brokers, its report for external ones).
+fn insufficient_servers(settings: &StreamSettings, b: &Broker) -> Option<Desired> {
+    let servers = b
+        .spec
+        .managed
+        .as_ref()
+        .map(|m| m.replicas)
+        .or_else(|| b.status.as_ref().and_then(|s| s.servers))?;
+    (settings.replicas > servers).then(|| {
+        Desired::is_false(
+            ConditionType::Ready,
+            Reason::InsufficientServers,
+            format!(
+                "spec.replicas is {} but Broker {} has {servers} server(s)",
+                settings.replicas,
+                b.name_any()
+            ),
+        )
+    })
+}
+
+fn build<K: StreamKind>(obj: &K, name: &str) -> std::result::Result<DestinationSpec, String> {
+    spec::destination_spec(
+        K::KIND,
+        name,
+        obj.event_types(),
+        obj.settings(),
+        &owner(obj),
+    )
+}
+
+/// Create when repairing or never declared before; repair only under `driftPolicy: Repair`.
+fn sync_mode<K: StreamKind>(obj: &K) -> SyncMode {
+    let repair = obj.settings().drift_policy == DriftPolicy::Repair;
+    SyncMode {
+        create: repair || !declared(obj),
+        repair,
+    }
+}
+
+/// A broker request that failed: conditions that say so, and the error for backoff.
+fn failed(name: &str, e: crate::engine::EngineError) -> Pass {
+    let msg = format!("{name}: {e}");
+    Pass {
+        conditions: vec![
+            refs::resolved(),
+            Desired::is_false(ConditionType::Synced, Reason::UpdateRejected, msg.clone()),
+            Desired::is_false(ConditionType::Ready, Reason::UpdateRejected, msg),
+        ],
+        state: None,
+        requeue: None,
+        declared: false,
+        error: Some(Error::Engine(e)),
+    }
+}
+
+/// The conditions after a sync that reached the broker.
+fn synced<K: StreamKind>(
+    obj: &K,
+    name: &str,
+    outcome: &SyncOutcome,
+    unsupported: Vec<String>,
+) -> Pass {
+    let (synced, state) = synced_condition(name, outcome);
+    let problems = obj.problems();
+    let ready = if !problems.is_empty() {
+        Desired::is_false(
+            ConditionType::Ready,
+            Reason::InvalidEventSchema,
+            problems.join("; "),
+        )
+    } else if synced.status || matches!(outcome, SyncOutcome::Drifted(..)) {
+        Desired::is_true(
+            ConditionType::Ready,
+            Reason::Declared,
+            format!("{name} is in the broker"),
+        )
+    } else {
+        synced.as_not_ready()
+    };
+    let supported = if unsupported.is_empty() {
+        Desired::is_true(
+            ConditionType::Supported,
+            Reason::AllSettingsSupported,
+            "the broker honours every setting",
+        )
+    } else {
+        Desired::is_false(
+            ConditionType::Supported,
+            Reason::SettingNotSupported,
+            unsupported.join("; "),
+        )
+    };
+    let declared = matches!(
+        outcome,
+        SyncOutcome::Created(_)
+            | SyncOutcome::Unchanged(_)
+            | SyncOutcome::Updated(..)
+            | SyncOutcome::Drifted(..)
+    );
+    Pass {
+        conditions: vec![refs::resolved(), synced, ready, supported],
+        state,
+        requeue: None,
+        declared,
+        error: None,
+    }
+}
+
+async fn write_status<K: StreamKind>(obj: &K, ctx: &Context, pass: &Pass) -> Result<()> {
     let old = obj.stream_status();
     let generation = obj.meta().generation;
     let prev = old.cloned().unwrap_or_default();
+    let state = pass.state;
+    let figure = |f: fn(&DestinationState) -> Option<u64>, prev: Option<i64>| match state {
+        Some(s) => f(&s).map(|v| v as i64),
+        None => prev,
+    };
     let new = StreamStatus {
         observed_generation: generation,
         conditions: merge(
@@ -202,177 +375,51 @@ async fn apply_stream<K: StreamKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<A
             generation,
             Timestamp::now(),
         ),
-        stream_name: Some(stream_name(&*obj)),
-        messages: pass.state.map(|s| s.messages as i64).or(prev.messages),
-        bytes: pass.state.map(|s| s.bytes as i64).or(prev.bytes),
-        consumers: pass.state.map(|s| s.consumers as i64).or(prev.consumers),
-        first_sequence: pass
-            .state
-            .map(|s| s.first_sequence as i64)
-            .or(prev.first_sequence),
-        last_sequence: pass
-            .state
-            .map(|s| s.last_sequence as i64)
-            .or(prev.last_sequence),
+        name_in_broker: Some(name_in_broker(obj)),
+        messages: figure(|s| Some(s.messages), prev.messages),
+        bytes: figure(|s| s.bytes, prev.bytes),
+        consumers: figure(|s| Some(s.consumers), prev.consumers),
+        first_sequence: figure(|s| s.first_sequence, prev.first_sequence),
+        last_sequence: figure(|s| s.last_sequence, prev.last_sequence),
         declared: if pass.declared {
             Some(true)
         } else {
             prev.declared
         },
     };
-    apply_status(&api_for(&ctx.client, &*obj), &*obj, old, &new).await?;
-    Ok(Action::requeue(
-        pass.requeue.unwrap_or(ctx.config.stream_refresh),
-    ))
+    apply_status(&api_for(&ctx.client, obj), obj, old, &new).await?;
+    Ok(())
 }
 
-/// Resolve -> validate -> sync, as conditions and the stream's state.
-async fn sync_stream<K: StreamKind>(obj: &K, ctx: &Context) -> Result<Pass> {
-    let ns = obj.namespace().unwrap_or_default();
-    let broker =
-        match refs::broker(&ctx.client, &ctx.config.namespaces, &ns, obj.broker_ref()).await? {
-            Err(missing) => {
-                let ready = missing.as_not_ready();
-                return Ok(Pass::waiting(missing, ready));
-            }
-            Ok(b) => b,
-        };
-    let settings = obj.settings();
-    if let Some(servers) = broker_size(&broker).filter(|n| settings.replicas > *n) {
-        let msg = format!(
-            "spec.replicas is {} but Broker {} has {servers} server(s)",
-            settings.replicas,
-            broker.name_any()
-        );
-        return Ok(Pass::waiting(
-            refs::resolved(),
-            Desired::is_false(ConditionType::Ready, Reason::InsufficientServers, msg),
-        ));
-    }
-    if connecting(ctx, &broker) {
-        // Keep the status as it is and look again in a moment, rather than report a blip.
-        return Ok(Pass {
-            conditions: Vec::new(),
-            state: None,
-            requeue: Some(Duration::from_secs(1)),
-            declared: false,
-        });
-    }
-    let conn = match connection(ctx, &broker) {
-        Ok(c) => c,
-        Err(why) => return Ok(Pass::waiting(refs::resolved(), why)),
-    };
-    let name = stream_name(obj);
-    let wanted = match spec::stream_spec(
-        &name,
-        obj.subjects(&name),
-        K::RETENTION,
-        settings,
-        &owner(obj),
-    ) {
-        Ok(w) => w,
-        Err(e) => {
-            return Ok(Pass::waiting(
-                refs::resolved(),
-                Desired::is_false(ConditionType::Ready, Reason::InvalidSpec, e),
-            ));
-        }
-    };
-    let synced_before = declared(obj);
-    let repair = settings.drift_policy == DriftPolicy::Repair;
-    let mode = SyncMode {
-        create: repair || !synced_before,
-        repair,
-    };
-    let outcome = match conn.ensure_stream(&wanted, mode).await {
-        Ok(o) => o,
-        Err(e) => {
-            let msg = format!("stream {name}: {e}");
-            let synced =
-                Desired::is_false(ConditionType::Synced, Reason::UpdateRejected, msg.clone());
-            return Ok(Pass {
-                conditions: vec![
-                    refs::resolved(),
-                    synced,
-                    Desired::is_false(ConditionType::Ready, Reason::UpdateRejected, msg),
-                ],
-                state: None,
-                requeue: Some(RETRY),
-                declared: false,
-            });
-        }
-    };
-    report(obj, ctx, &name, &outcome, synced_before).await;
-    let (synced, state) = synced_condition(&name, &outcome);
-    let problems = obj.problems();
-    let ready = if !problems.is_empty() {
-        Desired::is_false(
-            ConditionType::Ready,
-            Reason::InvalidEventSchema,
-            problems.join("; "),
-        )
-    } else if synced.status || matches!(outcome, StreamSync::Drifted(..)) {
-        Desired::is_true(
-            ConditionType::Ready,
-            Reason::StreamReady,
-            format!("stream {name} is in the broker"),
-        )
-    } else {
-        synced.as_not_ready()
-    };
-    let declared = matches!(
-        outcome,
-        StreamSync::Created(_)
-            | StreamSync::Unchanged(_)
-            | StreamSync::Updated(..)
-            | StreamSync::Drifted(..)
-    );
-    Ok(Pass {
-        conditions: vec![refs::resolved(), synced, ready],
-        state,
-        requeue: None,
-        declared,
-    })
-}
-
-/// The Broker's size when known: its spec for managed brokers, its report for external ones.
-fn broker_size(b: &Broker) -> Option<i32> {
-    b.spec
-        .managed
-        .as_ref()
-        .map(|m| m.replicas)
-        .or_else(|| b.status.as_ref().and_then(|s| s.servers))
-}
-
-fn synced_condition(name: &str, outcome: &StreamSync) -> (Desired, Option<StreamState>) {
+fn synced_condition(name: &str, outcome: &SyncOutcome) -> (Desired, Option<DestinationState>) {
     let t = ConditionType::Synced;
     match outcome {
-        StreamSync::Created(s) | StreamSync::Unchanged(s) | StreamSync::Updated(s, _) => (
-            Desired::is_true(t, Reason::InSync, format!("stream {name} matches the spec")),
+        SyncOutcome::Created(s) | SyncOutcome::Unchanged(s) | SyncOutcome::Updated(s, _) => (
+            Desired::is_true(t, Reason::InSync, format!("{name} matches the spec")),
             Some(*s),
         ),
-        StreamSync::Drifted(s, changed) => (
+        SyncOutcome::Drifted(s, changed) => (
             Desired::is_false(
                 t,
                 Reason::Drifted,
                 format!(
-                    "stream {name} differs from the spec in {} (driftPolicy: Report leaves it)",
+                    "{name} differs from the spec in {} (driftPolicy: Report leaves it)",
                     changed.join(", ")
                 ),
             ),
             Some(*s),
         ),
-        StreamSync::Missing => (
+        SyncOutcome::Missing => (
             Desired::is_false(
                 t,
-                Reason::StreamMissing,
+                Reason::MissingInBroker,
                 format!(
-                    "stream {name} was deleted outside Conveyor (driftPolicy: Report does not recreate it)"
+                    "{name} was deleted outside Conveyor (driftPolicy: Report does not recreate it)"
                 ),
             ),
             None,
         ),
-        StreamSync::Conflict(why) => (
+        SyncOutcome::Conflict(why) => (
             Desired::is_false(
                 t,
                 Reason::Conflict,
@@ -389,7 +436,7 @@ async fn report<K: StreamKind>(
     obj: &K,
     ctx: &Context,
     name: &str,
-    outcome: &StreamSync,
+    outcome: &SyncOutcome,
     synced_before: bool,
 ) {
     let before = obj
@@ -398,48 +445,45 @@ async fn report<K: StreamKind>(
         .map(|c| c.reason.clone());
     let first = |reason: Reason| before.as_deref() != Some(reason.as_str());
     let (kind, reason, note) = match outcome {
-        StreamSync::Created(_) if synced_before => (
-            EventType::Warning,
+        SyncOutcome::Created(_) if synced_before => (
+            EventKind::Warning,
             "DriftRepaired",
-            format!("stream {name} was deleted outside Conveyor and has been recreated"),
+            format!("{name} was deleted outside Conveyor and has been recreated"),
         ),
-        StreamSync::Created(_) => (
-            EventType::Normal,
+        SyncOutcome::Created(_) => (
+            EventKind::Normal,
             "StreamCreated",
-            format!("created stream {name}"),
+            format!("created {name}"),
         ),
-        StreamSync::Updated(_, changed) if synced_before => (
-            EventType::Warning,
+        SyncOutcome::Updated(_, changed) if synced_before => (
+            EventKind::Warning,
             "DriftRepaired",
-            format!("stream {name}: set {} back to the spec", changed.join(", ")),
+            format!("{name}: set {} back to the spec", changed.join(", ")),
         ),
-        StreamSync::Updated(_, changed) => (
-            EventType::Normal,
+        SyncOutcome::Updated(_, changed) => (
+            EventKind::Normal,
             "StreamUpdated",
-            format!("stream {name}: updated {}", changed.join(", ")),
+            format!("{name}: updated {}", changed.join(", ")),
         ),
-        StreamSync::Drifted(_, changed) if first(Reason::Drifted) => (
-            EventType::Warning,
+        SyncOutcome::Drifted(_, changed) if first(Reason::Drifted) => (
+            EventKind::Warning,
             "DriftDetected",
-            format!(
-                "stream {name} differs from the spec in {}",
-                changed.join(", ")
-            ),
+            format!("{name} differs from the spec in {}", changed.join(", ")),
         ),
-        StreamSync::Missing if first(Reason::StreamMissing) => (
-            EventType::Warning,
+        SyncOutcome::Missing if first(Reason::MissingInBroker) => (
+            EventKind::Warning,
             "DriftDetected",
-            format!("stream {name} was deleted outside Conveyor"),
+            format!("{name} was deleted outside Conveyor"),
         ),
-        StreamSync::Conflict(why) if first(Reason::Conflict) => {
-            (EventType::Warning, "StreamConflict", why.clone())
+        SyncOutcome::Conflict(why) if first(Reason::Conflict) => {
+            (EventKind::Warning, "StreamConflict", why.clone())
         }
         _ => return,
     };
     publish(ctx, obj, kind, reason, note).await;
 }
 
-/// Re-reconciles the streams that use a Broker when the Broker changes (its connection comes
+/// Re-reconciles the Queues or Topics that use a Broker when the Broker changes (its connection comes
 /// back, its size changes).
 fn watch_brokers<K: StreamKind>(
     controller: Controller<DeserializeGuard<K>>,

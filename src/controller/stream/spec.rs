@@ -1,14 +1,11 @@
-//! Pure translation of a Queue or Topic into the stream the broker should hold, and the
-//! checks that need no broker: replicas against the broker's size, Topic event schemas.
+//! Pure translation of a Queue or Topic into the engine-neutral destination the broker should
+//! hold, and the checks that need no broker: Topic event schemas.
 
 use std::time::Duration;
 
 use crate::api::common::{DiscardPolicy, StorageType, StreamSettings};
 use crate::api::topic::EventType;
-use crate::engine::{Discard, Retention, Storage, StreamSpec};
-
-/// The duplicate-detection window when the spec sets none (the broker's own default).
-pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+use crate::engine::{DestinationKind, DestinationSpec, Discard, Storage};
 
 /// Parses a duration the CRD schema already checked (`168h`, `1h30m`, `500ms`).
 pub fn duration(s: &str) -> Result<Duration, String> {
@@ -18,31 +15,14 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     Ok(d.into())
 }
 
-/// Subjects of a Queue's stream: its name, and anything below it.
-pub fn queue_subjects(stream: &str) -> Vec<String> {
-    vec![stream.to_string(), format!("{stream}.>")]
-}
-
-/// Subjects of a Topic's stream: `<stream>.<EventType>` for each declared type, or every
-/// subject below the stream name when the Topic declares none.
-pub fn topic_subjects(stream: &str, types: &[EventType]) -> Vec<String> {
-    if types.is_empty() {
-        return vec![format!("{stream}.>")];
-    }
-    types
-        .iter()
-        .map(|t| format!("{stream}.{}", t.type_))
-        .collect()
-}
-
-/// The stream a resource asks for.
-pub fn stream_spec(
+/// The destination a resource asks for.
+pub fn destination_spec(
+    kind: DestinationKind,
     name: &str,
-    subjects: Vec<String>,
-    retention: Retention,
+    event_types: &[EventType],
     s: &StreamSettings,
     owner: &str,
-) -> Result<StreamSpec, String> {
+) -> Result<DestinationSpec, String> {
     let r = s.retention.clone().unwrap_or_default();
     let max_age = r
         .max_age
@@ -50,10 +30,10 @@ pub fn stream_spec(
         .map(duration)
         .transpose()?
         .unwrap_or_default();
-    Ok(StreamSpec {
+    Ok(DestinationSpec {
+        kind,
         name: name.to_string(),
-        subjects,
-        retention,
+        event_types: event_types.iter().map(|t| t.type_.clone()).collect(),
         max_age,
         max_messages: r.max_messages.unwrap_or(-1),
         max_bytes: r.max_bytes.unwrap_or(-1),
@@ -66,17 +46,11 @@ pub fn stream_spec(
             StorageType::File => Storage::File,
             StorageType::Memory => Storage::Memory,
         },
-        duplicate_window: match s
+        deduplication_window: s
             .deduplication_window
             .as_deref()
             .map(duration)
-            .transpose()?
-        {
-            Some(window) => window,
-            // The broker refuses a window longer than the maximum age.
-            None if max_age > Duration::ZERO => DEFAULT_DUPLICATE_WINDOW.min(max_age),
-            None => DEFAULT_DUPLICATE_WINDOW,
-        },
+            .transpose()?,
         owner: owner.to_string(),
         description: format!("Managed by Conveyor: {owner}"),
     })
@@ -110,7 +84,7 @@ mod tests {
     }
 
     #[test]
-    fn settings_map_onto_the_stream() {
+    fn settings_map_onto_the_destination() {
         let s = StreamSettings {
             retention: Some(ApiRetention {
                 max_age: Some("168h".into()),
@@ -123,62 +97,30 @@ mod tests {
             deduplication_window: Some("2m".into()),
             ..Default::default()
         };
-        let spec = stream_spec(
-            "queue_shop_work",
-            queue_subjects("queue_shop_work"),
-            Retention::WorkQueue,
-            &s,
-            "Queue shop/work",
-        )
-        .unwrap();
+        let types = [event("OrderPlaced", json!({}))];
+        let spec =
+            destination_spec(DestinationKind::Topic, "t", &types, &s, "Topic shop/t").unwrap();
         assert_eq!(spec.max_age, Duration::from_secs(168 * 3600));
         assert_eq!((spec.max_messages, spec.max_bytes), (1000, -1));
         assert_eq!(spec.discard, Discard::New);
         assert_eq!((spec.replicas, spec.storage), (3, Storage::Memory));
-        assert_eq!(spec.duplicate_window, Duration::from_secs(120));
-        assert_eq!(spec.subjects, ["queue_shop_work", "queue_shop_work.>"]);
+        assert_eq!(spec.deduplication_window, Some(Duration::from_secs(120)));
+        assert_eq!(spec.event_types, ["OrderPlaced"]);
     }
 
     #[test]
-    fn defaults_are_unlimited_with_the_default_dedup_window() {
-        let spec = stream_spec(
-            "t",
-            vec![],
-            Retention::Limits,
+    fn defaults_are_unlimited_and_leave_the_dedup_window_to_the_engine() {
+        let spec = destination_spec(
+            DestinationKind::Queue,
+            "q",
+            &[],
             &StreamSettings::default(),
             "o",
         )
         .unwrap();
         assert_eq!(spec.max_age, Duration::ZERO);
         assert_eq!((spec.max_messages, spec.max_bytes), (-1, -1));
-        assert_eq!(spec.duplicate_window, DEFAULT_DUPLICATE_WINDOW);
-    }
-
-    #[test]
-    fn a_short_max_age_shortens_the_default_dedup_window() {
-        let s: StreamSettings =
-            serde_json::from_value(json!({"retention": {"maxAge": "30s"}})).unwrap();
-        let spec = stream_spec("q", vec![], Retention::WorkQueue, &s, "o").unwrap();
-        assert_eq!(spec.duplicate_window, Duration::from_secs(30));
-    }
-
-    #[test]
-    fn event_types_become_subjects() {
-        let types = [
-            event("OrderPlaced", json!({})),
-            event("OrderShipped", json!({})),
-        ];
-        assert_eq!(
-            topic_subjects("topic_shop_orders", &types),
-            [
-                "topic_shop_orders.OrderPlaced",
-                "topic_shop_orders.OrderShipped"
-            ]
-        );
-        assert_eq!(
-            topic_subjects("topic_shop_orders", &[]),
-            ["topic_shop_orders.>"]
-        );
+        assert_eq!(spec.deduplication_window, None);
     }
 
     #[test]

@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 
 use super::jwt::{self, AccountLimits, Permissions, Role};
-use crate::resources::nats::config::AuthConfig;
 
 /// The keys under which the identities are stored.
 pub mod keys {
@@ -27,6 +26,17 @@ pub enum Error {
     Jwt(#[from] jwt::Error),
     #[error("{0} is missing")]
     Missing(&'static str),
+}
+
+/// Public authentication material for NATS decentralized authentication.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// The operator JWT the servers trust.
+    pub operator_jwt: String,
+    /// Public key of the system account.
+    pub system_account: String,
+    /// Account public keys and JWTs the servers load at start.
+    pub accounts: Vec<(String, String)>,
 }
 
 /// The public configuration the servers need, and Conveyor's own credentials.

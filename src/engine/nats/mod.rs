@@ -1,6 +1,61 @@
-//! The NATS JetStream engine.
+//! The NATS JetStream engine: a Queue is a work-queue stream, a Topic a limits stream with one
+//! subject per event type. Connections (`connection`), streams (`streams`), and the keys and
+//! JWTs of decentralized authentication for managed brokers (`identities`, `jwt`).
 
 pub mod connection;
 pub mod identities;
 pub mod jwt;
 pub mod streams;
+
+use connection::Connection;
+
+use super::{
+    BoxFuture, BrokerConnection, BrokerInfo, DeleteWhen, Deletion, DestinationSpec,
+    DestinationState, Engine, EngineError, SyncMode, SyncOutcome, Target,
+};
+
+impl BrokerConnection for Connection {
+    fn engine(&self) -> Engine {
+        Engine::Nats
+    }
+
+    fn require_connected(&self) -> Result<(), EngineError> {
+        Connection::require_connected(self)
+    }
+
+    fn info(&self) -> BoxFuture<'_, Result<BrokerInfo, EngineError>> {
+        Box::pin(self.broker_info())
+    }
+
+    fn replicas(&self) -> BoxFuture<'_, Result<Vec<(String, usize)>, EngineError>> {
+        Box::pin(self.stream_replicas())
+    }
+
+    fn ensure<'a>(
+        &'a self,
+        spec: &'a DestinationSpec,
+        mode: SyncMode,
+    ) -> BoxFuture<'a, Result<SyncOutcome, EngineError>> {
+        Box::pin(self.ensure_stream(spec, mode))
+    }
+
+    fn delete<'a>(
+        &'a self,
+        target: &'a Target,
+        when: DeleteWhen,
+    ) -> BoxFuture<'a, Result<Deletion, EngineError>> {
+        Box::pin(self.delete_stream(&target.name, &target.owner, when))
+    }
+
+    fn state<'a>(
+        &'a self,
+        target: &'a Target,
+    ) -> BoxFuture<'a, Result<Option<DestinationState>, EngineError>> {
+        Box::pin(self.stream_state(&target.name))
+    }
+
+    fn unsupported(&self, _spec: &DestinationSpec) -> Vec<String> {
+        // JetStream has every setting of the model.
+        Vec::new()
+    }
+}

@@ -1,4 +1,7 @@
-//! Streams on NATS JetStream: the spec as a JetStream configuration, the comparison that finds
+//! Queues and Topics on NATS JetStream. A Queue is a stream with work-queue retention on the
+//! subjects `<stream>` and `<stream>.>`; a Topic is a stream with limits retention and one
+//! subject per declared event type (`<stream>.<EventType>`), or `<stream>.>` when it declares
+//! none. This module holds the spec as a JetStream configuration, the comparison that finds
 //! drift, and the calls that create, update, read and delete.
 //!
 //! Ownership is recorded in the stream's metadata (`conveyor.dev/owner`), so a stream that
@@ -12,8 +15,8 @@ use async_nats::jetstream::stream::{self, Config};
 
 use super::connection::Connection;
 use crate::engine::{
-    Deletion, Discard, EngineError, Retention, Storage, StreamSpec, StreamState, StreamSync,
-    Streams, SyncMode,
+    DeleteWhen, Deletion, DestinationKind, DestinationSpec, DestinationState, Discard, EngineError,
+    Storage, SyncMode, SyncOutcome,
 };
 
 /// The stream-metadata key that names the owning resource.
@@ -21,15 +24,42 @@ pub const OWNER_KEY: &str = "conveyor.dev/owner";
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The duplicate-detection window when the spec sets none (the server's own default).
+pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// The subjects of a destination's stream.
+pub fn subjects(spec: &DestinationSpec) -> Vec<String> {
+    let stream = &spec.name;
+    match spec.kind {
+        DestinationKind::Queue => vec![stream.clone(), format!("{stream}.>")],
+        DestinationKind::Topic if spec.event_types.is_empty() => vec![format!("{stream}.>")],
+        DestinationKind::Topic => spec
+            .event_types
+            .iter()
+            .map(|t| format!("{stream}.{t}"))
+            .collect(),
+    }
+}
+
+/// The duplicate window of a spec: its own, else the server's default shortened to the
+/// maximum age (the server refuses a window longer than that).
+fn duplicate_window(spec: &DestinationSpec) -> Duration {
+    match spec.deduplication_window {
+        Some(window) => window,
+        None if spec.max_age > Duration::ZERO => DEFAULT_DUPLICATE_WINDOW.min(spec.max_age),
+        None => DEFAULT_DUPLICATE_WINDOW,
+    }
+}
+
 /// The JetStream configuration of a spec.
-pub fn config(spec: &StreamSpec) -> Config {
+pub fn config(spec: &DestinationSpec) -> Config {
     Config {
         name: spec.name.clone(),
         description: Some(spec.description.clone()),
-        subjects: spec.subjects.clone(),
-        retention: match spec.retention {
-            Retention::Limits => stream::RetentionPolicy::Limits,
-            Retention::WorkQueue => stream::RetentionPolicy::WorkQueue,
+        subjects: subjects(spec),
+        retention: match spec.kind {
+            DestinationKind::Topic => stream::RetentionPolicy::Limits,
+            DestinationKind::Queue => stream::RetentionPolicy::WorkQueue,
         },
         max_age: spec.max_age,
         max_messages: spec.max_messages,
@@ -43,7 +73,7 @@ pub fn config(spec: &StreamSpec) -> Config {
             Storage::File => stream::StorageType::File,
             Storage::Memory => stream::StorageType::Memory,
         },
-        duplicate_window: spec.duplicate_window,
+        duplicate_window: duplicate_window(spec),
         metadata: [(OWNER_KEY.to_string(), spec.owner.clone())].into(),
         ..Default::default()
     }
@@ -92,13 +122,13 @@ fn not_owned(name: &str, actual: &Config, owner: &str) -> Option<String> {
     }
 }
 
-fn state(info: &stream::Info) -> StreamState {
-    StreamState {
+fn state(info: &stream::Info) -> DestinationState {
+    DestinationState {
         messages: info.state.messages,
-        bytes: info.state.bytes,
+        bytes: Some(info.state.bytes),
         consumers: info.state.consumer_count as u64,
-        first_sequence: info.state.first_sequence,
-        last_sequence: info.state.last_sequence,
+        first_sequence: Some(info.state.first_sequence),
+        last_sequence: Some(info.state.last_sequence),
     }
 }
 
@@ -138,46 +168,60 @@ impl Connection {
     }
 }
 
-impl Streams for Connection {
-    async fn ensure_stream(
+impl Connection {
+    pub(super) async fn ensure_stream(
         &self,
-        spec: &StreamSpec,
+        spec: &DestinationSpec,
         mode: SyncMode,
-    ) -> Result<StreamSync, EngineError> {
+    ) -> Result<SyncOutcome, EngineError> {
         timed(async {
             let wanted = config(spec);
             let Some(info) = self.info_of(&spec.name).await? else {
                 if !mode.create {
-                    return Ok(StreamSync::Missing);
+                    return Ok(SyncOutcome::Missing);
                 }
                 let mut created = self.js().create_stream(wanted).await.map_err(request)?;
-                return Ok(StreamSync::Created(state(
+                return Ok(SyncOutcome::Created(state(
                     created.info().await.map_err(request)?,
                 )));
             };
             if let Some(why) = not_owned(&spec.name, &info.config, &spec.owner) {
-                return Ok(StreamSync::Conflict(why));
+                return Ok(SyncOutcome::Conflict(why));
             }
             let changed = differences(&wanted, &info.config);
             if changed.is_empty() {
-                return Ok(StreamSync::Unchanged(state(&info)));
+                return Ok(SyncOutcome::Unchanged(state(&info)));
             }
             if !mode.repair {
-                return Ok(StreamSync::Drifted(state(&info), changed));
+                return Ok(SyncOutcome::Drifted(state(&info), changed));
             }
             let updated = self.js().update_stream(wanted).await.map_err(request)?;
-            Ok(StreamSync::Updated(state(&updated), changed))
+            Ok(SyncOutcome::Updated(state(&updated), changed))
         })
         .await
     }
 
-    async fn delete_stream(&self, name: &str, owner: &str) -> Result<Deletion, EngineError> {
+    /// Deletes the stream if `owner` owns it. With `DeleteWhen::Empty` the depth is checked
+    /// first, in a separate call: a message published in between goes with the stream.
+    pub(super) async fn delete_stream(
+        &self,
+        name: &str,
+        owner: &str,
+        when: DeleteWhen,
+    ) -> Result<Deletion, EngineError> {
         timed(async {
             let Some(info) = self.info_of(name).await? else {
                 return Ok(Deletion::Absent);
             };
             if let Some(why) = not_owned(name, &info.config, owner) {
                 return Ok(Deletion::NotOwned(why));
+            }
+            if when == DeleteWhen::Empty && info.state.messages > 0 {
+                let n = info.state.messages;
+                return Ok(Deletion::NotEmpty(
+                    n,
+                    format!("stream {name} still holds {n} message(s)"),
+                ));
             }
             match self.js().delete_stream(name).await {
                 Ok(_) => Ok(Deletion::Deleted),
@@ -194,7 +238,10 @@ impl Streams for Connection {
         .await
     }
 
-    async fn stream_state(&self, name: &str) -> Result<Option<StreamState>, EngineError> {
+    pub(super) async fn stream_state(
+        &self,
+        name: &str,
+    ) -> Result<Option<DestinationState>, EngineError> {
         timed(async { Ok(self.info_of(name).await?.map(|i| state(&i))) }).await
     }
 }
@@ -203,18 +250,18 @@ impl Streams for Connection {
 mod tests {
     use super::*;
 
-    fn spec() -> StreamSpec {
-        StreamSpec {
+    fn spec() -> DestinationSpec {
+        DestinationSpec {
+            kind: DestinationKind::Queue,
             name: "queue_shop_work".into(),
-            subjects: vec!["queue_shop_work".into(), "queue_shop_work.>".into()],
-            retention: Retention::WorkQueue,
-            max_age: Duration::from_secs(3600),
+            event_types: Vec::new(),
+            max_age: Duration::from_secs(30),
             max_messages: -1,
             max_bytes: -1,
             discard: Discard::Old,
             replicas: 1,
             storage: Storage::File,
-            duplicate_window: Duration::from_secs(120),
+            deduplication_window: None,
             owner: "Queue shop/work".into(),
             description: "Queue shop/work".into(),
         }
@@ -228,8 +275,39 @@ mod tests {
             c.metadata.get(OWNER_KEY).map(String::as_str),
             Some("Queue shop/work")
         );
-        assert_eq!(c.duplicate_window, Duration::from_secs(120));
+        assert_eq!(c.duplicate_window, Duration::from_secs(30));
         assert!(differences(&c, &c).is_empty());
+        assert_eq!(c.subjects, ["queue_shop_work", "queue_shop_work.>"]);
+    }
+
+    #[test]
+    fn event_types_become_subjects() {
+        let mut topic = DestinationSpec {
+            kind: DestinationKind::Topic,
+            name: "topic_shop_orders".into(),
+            event_types: vec!["OrderPlaced".into(), "OrderShipped".into()],
+            ..spec()
+        };
+        assert_eq!(
+            subjects(&topic),
+            [
+                "topic_shop_orders.OrderPlaced",
+                "topic_shop_orders.OrderShipped"
+            ]
+        );
+        topic.event_types.clear();
+        assert_eq!(subjects(&topic), ["topic_shop_orders.>"]);
+        assert_eq!(config(&topic).retention, stream::RetentionPolicy::Limits);
+    }
+
+    #[test]
+    fn the_default_dedup_window_fits_within_max_age() {
+        let mut s = spec();
+        assert_eq!(duplicate_window(&s), Duration::from_secs(30));
+        s.max_age = Duration::ZERO;
+        assert_eq!(duplicate_window(&s), DEFAULT_DUPLICATE_WINDOW);
+        s.deduplication_window = Some(Duration::from_secs(5));
+        assert_eq!(duplicate_window(&s), Duration::from_secs(5));
     }
 
     #[test]

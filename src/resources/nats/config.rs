@@ -5,16 +5,7 @@
 
 use std::fmt::Write;
 
-/// Public authentication material for NATS decentralized authentication.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AuthConfig {
-    /// The operator JWT the servers trust.
-    pub operator_jwt: String,
-    /// Public key of the system account.
-    pub system_account: String,
-    /// Account public keys and JWTs the servers load at start.
-    pub accounts: Vec<(String, String)>,
-}
+pub use crate::engine::nats::identities::AuthConfig;
 
 /// Where files live inside the server's container (overridable so that tests can run a real
 /// server on the rendered configuration).

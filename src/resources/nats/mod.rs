@@ -4,6 +4,7 @@
 //! a Broker's name is at most 40 characters (a CEL rule on the CRD).
 
 pub mod config;
+pub mod managed;
 pub mod statefulset;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Service};

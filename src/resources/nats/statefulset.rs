@@ -14,11 +14,15 @@ pub const CONFIG_DIR: &str = "/etc/nats";
 pub const DATA_DIR: &str = "/data";
 pub const TLS_DIR: &str = "/etc/nats/tls";
 
+/// The NATS version a managed broker runs when the spec names none.
+pub const DEFAULT_VERSION: &str = "2.15.3";
+
 /// The container image of a managed broker.
 pub fn image(spec: &crate::api::broker::ManagedBroker) -> String {
-    spec.image
-        .clone()
-        .unwrap_or_else(|| format!("nats:{}-alpine", spec.version))
+    spec.image.clone().unwrap_or_else(|| {
+        let version = spec.version.as_deref().unwrap_or(DEFAULT_VERSION);
+        format!("nats:{version}-alpine")
+    })
 }
 
 /// The hash of everything in the configuration that needs a restart to take effect.

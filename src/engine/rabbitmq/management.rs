@@ -1,0 +1,851 @@
+//! A small typed client of the RabbitMQ management HTTP API (`/api/...`), enough for Conveyor
+//! to declare and inspect queues, exchanges, bindings and policies.
+//!
+//! Invariants:
+//! - Every request carries basic auth and is bounded by one timeout (5 s by default), which
+//!   covers connecting, TLS, sending and reading the whole body.
+//! - Names and vhosts always travel percent-encoded as single path segments: every byte except
+//!   the RFC 3986 unreserved characters is encoded, so vhost `/` is `%2F`. (Cowboy still
+//!   collapses the dot segments `.` and `..`, so objects with exactly those names cannot be
+//!   reached through this API; it answers 405.)
+//! - Nothing read from the network is unwrapped: transport failures are `Unreachable`, 401/403
+//!   are `Unauthorized`, other non-2xx answers are `Status` (with RabbitMQ's `reason`), and
+//!   bodies that do not parse are `Decode`.
+//! - Reads answer `None` and deletes answer `false` on 404; nothing else is treated as absent.
+//! - `https://` trusts only the given CA when one is given, else the system roots.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::TokioExecutor;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+/// The default bound on one request, connect to last body byte.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Everything but the RFC 3986 unreserved characters (`A-Z a-z 0-9 - . _ ~`).
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// The columns `queue`/`queues` ask for, to keep answers small.
+const QUEUE_COLUMNS: &str = "name,type,durable,arguments,policy,messages,messages_ready,\
+                             messages_unacknowledged,message_bytes,consumers,members";
+
+/// Why a management request failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ManagementError {
+    /// The base URL or the CA bundle is unusable.
+    #[error("invalid management client settings: {0}")]
+    Config(String),
+    /// No answer: connection refused or reset, DNS or TLS failure, or the timeout.
+    #[error("RabbitMQ management API unreachable: {0}")]
+    Unreachable(String),
+    /// 401 or 403: wrong credentials or missing user tags/permissions.
+    #[error("RabbitMQ management API refused the credentials: {0}")]
+    Unauthorized(String),
+    /// Any other non-success answer.
+    #[error("RabbitMQ management API answered {code}: {reason}")]
+    Status { code: u16, reason: String },
+    /// A success answer whose body is not what the API documents.
+    #[error("cannot decode RabbitMQ management answer: {0}")]
+    Decode(String),
+}
+
+type Result<T> = std::result::Result<T, ManagementError>;
+
+/// What `/api/overview` says about the cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct Overview {
+    pub rabbitmq_version: Option<String>,
+    pub management_version: Option<String>,
+    pub cluster_name: Option<String>,
+    pub product_name: Option<String>,
+    pub erlang_version: Option<String>,
+    /// The node that answered.
+    pub node: Option<String>,
+}
+
+/// A cluster node and whether it runs.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Node {
+    pub name: String,
+    #[serde(default)]
+    pub running: bool,
+}
+
+/// A queue. The figures are `None` while the management agent has not sampled the queue yet
+/// (a fresh classic queue has none) and lag the truth by the statistics interval.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct QueueInfo {
+    pub name: String,
+    /// `classic`, `quorum` or `stream`: the API's `type`, else the `x-queue-type` argument.
+    #[serde(rename = "type")]
+    pub queue_type: Option<String>,
+    #[serde(default)]
+    pub durable: bool,
+    #[serde(default)]
+    pub arguments: Map<String, Value>,
+    /// The policy in force, if any.
+    pub policy: Option<String>,
+    pub messages: Option<u64>,
+    pub messages_ready: Option<u64>,
+    pub messages_unacknowledged: Option<u64>,
+    pub message_bytes: Option<u64>,
+    pub consumers: Option<u64>,
+    /// The nodes holding a quorum queue's replicas.
+    pub members: Option<Vec<String>>,
+}
+
+impl QueueInfo {
+    fn fill_type(mut self) -> Self {
+        if self.queue_type.is_none() {
+            self.queue_type = self
+                .arguments
+                .get("x-queue-type")
+                .and_then(Value::as_str)
+                .map(String::from);
+        }
+        self
+    }
+}
+
+/// An exchange.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct ExchangeInfo {
+    pub name: String,
+    /// `direct`, `fanout`, `topic`, `headers`, ...
+    #[serde(rename = "type")]
+    pub exchange_type: String,
+    #[serde(default)]
+    pub durable: bool,
+    #[serde(default)]
+    pub arguments: Map<String, Value>,
+}
+
+/// A binding. `properties_key` names it for `unbind_*`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct Binding {
+    pub source: String,
+    pub destination: String,
+    /// `queue` or `exchange`.
+    pub destination_type: String,
+    pub routing_key: String,
+    pub properties_key: String,
+    #[serde(default)]
+    pub arguments: Map<String, Value>,
+}
+
+/// A policy. `apply_to` is `queues`, `exchanges` or `all` (3.10 knows no `quorum_queues`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Policy {
+    pub pattern: String,
+    #[serde(rename = "apply-to", default = "all")]
+    pub apply_to: String,
+    #[serde(default)]
+    pub priority: i64,
+    pub definition: Map<String, Value>,
+}
+
+fn all() -> String {
+    "all".into()
+}
+
+/// A message fetched with `get_messages`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct Message {
+    pub exchange: String,
+    pub routing_key: String,
+    #[serde(default)]
+    pub redelivered: bool,
+    /// The payload as the API gives it: text, or base64 when `payload_encoding` is `base64`.
+    pub payload: String,
+    pub payload_encoding: String,
+    /// The message's AMQP properties (`headers`, `content_type`, ...).
+    #[serde(default)]
+    pub properties: Map<String, Value>,
+}
+
+impl Message {
+    /// The raw payload bytes.
+    pub fn payload_bytes(&self) -> Result<Vec<u8>> {
+        match self.payload_encoding.as_str() {
+            "base64" => base64::engine::general_purpose::STANDARD
+                .decode(&self.payload)
+                .map_err(|e| ManagementError::Decode(format!("payload: {e}"))),
+            _ => Ok(self.payload.clone().into_bytes()),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Routed {
+    routed: bool,
+}
+
+/// A management API client; clones share one connection pool.
+#[derive(Clone, Debug)]
+pub struct ManagementClient {
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// `scheme://authority[/prefix]`, without a trailing slash.
+    base: String,
+    auth: HeaderValue,
+    timeout: Duration,
+}
+
+/// A TLS client configuration (ring provider) trusting `ca_pem` when given, else the system
+/// roots. Shared with the AMQP probe.
+pub fn tls_client_config(
+    ca_pem: Option<&str>,
+) -> std::result::Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_pem {
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                let cert = cert.map_err(|e| format!("CA bundle: {e}"))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("CA certificate: {e}"))?;
+            }
+            if roots.is_empty() {
+                return Err("CA bundle holds no certificate".into());
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                return Err(format!("no system CA certificates ({:?})", found.errors));
+            }
+        }
+    }
+    config_with_roots(roots)
+}
+
+fn config_with_roots(
+    roots: rustls::RootCertStore,
+) -> std::result::Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+impl ManagementClient {
+    /// A client of the API at `base_url` (`http://host:15672` or `https://...`, optionally
+    /// with a path prefix). Only `https` loads the CA (`ca_pem`, else the system roots).
+    pub fn new(base_url: &str, user: &str, password: &str, ca_pem: Option<&str>) -> Result<Self> {
+        let base = base_url.trim_end_matches('/');
+        let uri: Uri = base
+            .parse()
+            .map_err(|e| ManagementError::Config(format!("{base_url}: {e}")))?;
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => {
+                return Err(ManagementError::Config(format!(
+                    "{base_url}: not http:// or https://"
+                )));
+            }
+        };
+        if uri.authority().is_none() || uri.query().is_some() {
+            return Err(ManagementError::Config(format!(
+                "{base_url}: need scheme://host[:port][/prefix]"
+            )));
+        }
+        let tls = if https {
+            tls_client_config(ca_pem)
+        } else {
+            config_with_roots(rustls::RootCertStore::empty()) // never used
+        };
+        let tls = tls.map_err(ManagementError::Config)?;
+        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
+        let builder = if https {
+            builder.https_only()
+        } else {
+            builder.https_or_http()
+        };
+        let http = Client::builder(TokioExecutor::new()).build(builder.enable_http1().build());
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let mut auth = HeaderValue::from_str(&format!("Basic {token}")).map_err(|_| {
+            ManagementError::Config("user or password holds invalid characters".into())
+        })?;
+        auth.set_sensitive(true);
+        Ok(Self {
+            http,
+            base: base.to_string(),
+            auth,
+            timeout: REQUEST_TIMEOUT,
+        })
+    }
+
+    /// The same client with another per-request timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// `GET /api/overview`.
+    pub async fn overview(&self) -> Result<Overview> {
+        let path = "/api/overview?columns=rabbitmq_version,management_version,cluster_name,\
+                    product_name,erlang_version,node";
+        self.get_required(path).await
+    }
+
+    /// `GET /api/nodes`: every cluster node and whether it runs.
+    pub async fn nodes(&self) -> Result<Vec<Node>> {
+        self.get_required("/api/nodes?columns=name,running").await
+    }
+
+    /// One queue, or `None` when it (or the vhost) does not exist.
+    pub async fn queue(&self, vhost: &str, name: &str) -> Result<Option<QueueInfo>> {
+        let path = format!(
+            "{}?columns={QUEUE_COLUMNS}",
+            api_path(&["queues", vhost, name])
+        );
+        Ok(self
+            .get::<QueueInfo>(&path)
+            .await?
+            .map(QueueInfo::fill_type))
+    }
+
+    /// Every queue of a vhost, in one request.
+    pub async fn queues(&self, vhost: &str) -> Result<Vec<QueueInfo>> {
+        let path = format!("{}?columns={QUEUE_COLUMNS}", api_path(&["queues", vhost]));
+        let queues: Vec<QueueInfo> = self.get_required(&path).await?;
+        Ok(queues.into_iter().map(QueueInfo::fill_type).collect())
+    }
+
+    /// Declares a queue (not auto-delete); true when it was created, false when an equivalent
+    /// one existed. A differing existing queue is a 400 `Status` ("inequivalent arg").
+    pub async fn declare_queue(
+        &self,
+        vhost: &str,
+        name: &str,
+        durable: bool,
+        arguments: &Map<String, Value>,
+    ) -> Result<bool> {
+        let body = json!({"durable": durable, "auto_delete": false, "arguments": arguments});
+        let status = self
+            .send(Method::PUT, &api_path(&["queues", vhost, name]), Some(body))
+            .await?;
+        Ok(status == StatusCode::CREATED)
+    }
+
+    /// Deletes a queue and its messages; false when it did not exist.
+    pub async fn delete_queue(&self, vhost: &str, name: &str) -> Result<bool> {
+        self.delete(&api_path(&["queues", vhost, name])).await
+    }
+
+    /// One exchange, or `None`. The empty name is the default exchange (`amq.default`).
+    pub async fn exchange(&self, vhost: &str, name: &str) -> Result<Option<ExchangeInfo>> {
+        self.get(&api_path(&["exchanges", vhost, exchange_segment(name)]))
+            .await
+    }
+
+    /// Declares an exchange (not auto-delete, not internal); true when it was created.
+    pub async fn declare_exchange(
+        &self,
+        vhost: &str,
+        name: &str,
+        exchange_type: &str,
+        durable: bool,
+        arguments: &Map<String, Value>,
+    ) -> Result<bool> {
+        let body = json!({"type": exchange_type, "durable": durable, "auto_delete": false,
+                          "internal": false, "arguments": arguments});
+        let status = self
+            .send(
+                Method::PUT,
+                &api_path(&["exchanges", vhost, name]),
+                Some(body),
+            )
+            .await?;
+        Ok(status == StatusCode::CREATED)
+    }
+
+    /// Deletes an exchange and its bindings; false when it did not exist.
+    pub async fn delete_exchange(&self, vhost: &str, name: &str) -> Result<bool> {
+        self.delete(&api_path(&["exchanges", vhost, name])).await
+    }
+
+    /// Every binding whose source is `exchange` (empty when it does not exist).
+    pub async fn bindings_from_exchange(
+        &self,
+        vhost: &str,
+        exchange: &str,
+    ) -> Result<Vec<Binding>> {
+        let path = api_path(&["exchanges", vhost, exchange, "bindings", "source"]);
+        Ok(self.get(&path).await?.unwrap_or_default())
+    }
+
+    /// The bindings from `exchange` to `queue` (empty when either does not exist).
+    pub async fn bindings_from_exchange_to_queue(
+        &self,
+        vhost: &str,
+        exchange: &str,
+        queue: &str,
+    ) -> Result<Vec<Binding>> {
+        self.get_required(&api_path(&["bindings", vhost, "e", exchange, "q", queue]))
+            .await
+    }
+
+    /// Binds `queue` to `exchange` with `routing_key` (idempotent).
+    pub async fn bind_queue(
+        &self,
+        vhost: &str,
+        exchange: &str,
+        queue: &str,
+        routing_key: &str,
+    ) -> Result<()> {
+        let body = json!({"routing_key": routing_key, "arguments": {}});
+        self.send(
+            Method::POST,
+            &api_path(&["bindings", vhost, "e", exchange, "q", queue]),
+            Some(body),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Removes the binding named by `properties_key`; false when it did not exist.
+    pub async fn unbind_queue(
+        &self,
+        vhost: &str,
+        exchange: &str,
+        queue: &str,
+        properties_key: &str,
+    ) -> Result<bool> {
+        self.delete(&api_path(&[
+            "bindings",
+            vhost,
+            "e",
+            exchange,
+            "q",
+            queue,
+            properties_key,
+        ]))
+        .await
+    }
+
+    /// The bindings from exchange `source` to exchange `destination`.
+    pub async fn bindings_between_exchanges(
+        &self,
+        vhost: &str,
+        source: &str,
+        destination: &str,
+    ) -> Result<Vec<Binding>> {
+        self.get_required(&api_path(&[
+            "bindings",
+            vhost,
+            "e",
+            source,
+            "e",
+            destination,
+        ]))
+        .await
+    }
+
+    /// Binds exchange `destination` to exchange `source` with `routing_key` (idempotent).
+    pub async fn bind_exchange(
+        &self,
+        vhost: &str,
+        source: &str,
+        destination: &str,
+        routing_key: &str,
+    ) -> Result<()> {
+        let body = json!({"routing_key": routing_key, "arguments": {}});
+        self.send(
+            Method::POST,
+            &api_path(&["bindings", vhost, "e", source, "e", destination]),
+            Some(body),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Removes an exchange-to-exchange binding; false when it did not exist.
+    pub async fn unbind_exchange(
+        &self,
+        vhost: &str,
+        source: &str,
+        destination: &str,
+        properties_key: &str,
+    ) -> Result<bool> {
+        self.delete(&api_path(&[
+            "bindings",
+            vhost,
+            "e",
+            source,
+            "e",
+            destination,
+            properties_key,
+        ]))
+        .await
+    }
+
+    /// One policy, or `None`.
+    pub async fn policy(&self, vhost: &str, name: &str) -> Result<Option<Policy>> {
+        self.get(&api_path(&["policies", vhost, name])).await
+    }
+
+    /// Creates or replaces a policy (needs the `policymaker` or `administrator` tag); true
+    /// when it was created. Unknown or ill-typed definition keys are a 400 `Status`.
+    pub async fn put_policy(&self, vhost: &str, name: &str, policy: &Policy) -> Result<bool> {
+        let body =
+            serde_json::to_value(policy).map_err(|e| ManagementError::Decode(e.to_string()))?;
+        let status = self
+            .send(
+                Method::PUT,
+                &api_path(&["policies", vhost, name]),
+                Some(body),
+            )
+            .await?;
+        Ok(status == StatusCode::CREATED)
+    }
+
+    /// Deletes a policy; false when it did not exist.
+    pub async fn delete_policy(&self, vhost: &str, name: &str) -> Result<bool> {
+        self.delete(&api_path(&["policies", vhost, name])).await
+    }
+
+    /// Publishes a text message (for tests); answers whether any queue took it. A queue that
+    /// refuses it (`reject-publish` limit) makes this a 400 `Status`.
+    pub async fn publish(
+        &self,
+        vhost: &str,
+        exchange: &str,
+        routing_key: &str,
+        payload: &str,
+        headers: &Map<String, Value>,
+    ) -> Result<bool> {
+        let body = json!({"routing_key": routing_key, "payload": payload, "payload_encoding": "string",
+                          "properties": {"headers": headers}});
+        let path = api_path(&["exchanges", vhost, exchange_segment(exchange), "publish"]);
+        let routed: Routed = self.call(Method::POST, &path, Some(body)).await?;
+        Ok(routed.routed)
+    }
+
+    /// Takes up to `count` messages off a queue (for tests); with `requeue` they go back.
+    pub async fn get_messages(
+        &self,
+        vhost: &str,
+        queue: &str,
+        count: u32,
+        requeue: bool,
+    ) -> Result<Vec<Message>> {
+        let ackmode = if requeue {
+            "ack_requeue_true"
+        } else {
+            "ack_requeue_false"
+        };
+        let body = json!({"count": count, "ackmode": ackmode, "encoding": "auto"});
+        self.call(
+            Method::POST,
+            &api_path(&["queues", vhost, queue, "get"]),
+            Some(body),
+        )
+        .await
+    }
+
+    /// GET that must find its object.
+    async fn get_required<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.call(Method::GET, path, None).await
+    }
+
+    /// GET; `None` on 404.
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
+        match self.call(Method::GET, path, None).await {
+            Err(ManagementError::Status { code: 404, .. }) => Ok(None),
+            other => other.map(Some),
+        }
+    }
+
+    /// DELETE; false on 404.
+    async fn delete(&self, path: &str) -> Result<bool> {
+        match self.send(Method::DELETE, path, None).await {
+            Err(ManagementError::Status { code: 404, .. }) => Ok(false),
+            other => other.map(|_| true),
+        }
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<T> {
+        let (status, bytes) = self.request(method, path, body).await?;
+        check(status, &bytes)?;
+        serde_json::from_slice(&bytes).map_err(|e| ManagementError::Decode(format!("{path}: {e}")))
+    }
+
+    async fn send(&self, method: Method, path: &str, body: Option<Value>) -> Result<StatusCode> {
+        let (status, bytes) = self.request(method, path, body).await?;
+        check(status, &bytes).map(|()| status)
+    }
+
+    /// One request; `Unreachable` for anything but an HTTP answer.
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(StatusCode, Bytes)> {
+        let uri = format!("{}{path}", self.base);
+        let mut request = Request::builder()
+            .method(method)
+            .uri(&uri)
+            .header(AUTHORIZATION, self.auth.clone())
+            .header(ACCEPT, "application/json");
+        let body = match body {
+            Some(value) => {
+                request = request.header(CONTENT_TYPE, "application/json");
+                Full::new(Bytes::from(value.to_string()))
+            }
+            None => Full::new(Bytes::new()),
+        };
+        let request = request
+            .body(body)
+            .map_err(|e| ManagementError::Config(format!("{uri}: {e}")))?;
+        let exchange = async {
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|e| transport_error(&uri, &e))?;
+            let status = response.status();
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| transport_error(&uri, &e))?;
+            Ok((status, bytes.to_bytes()))
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ManagementError::Unreachable(format!(
+                    "{uri}: no answer within {:?}",
+                    self.timeout
+                )))
+            })
+    }
+}
+
+/// `/api/{segment}/{segment}...`, each segment percent-encoded.
+fn api_path(segments: &[&str]) -> String {
+    segments
+        .iter()
+        .fold(String::from("/api"), |mut path, segment| {
+            path.push('/');
+            path.extend(utf8_percent_encode(segment, SEGMENT));
+            path
+        })
+}
+
+/// The management API's name for the default exchange.
+fn exchange_segment(name: &str) -> &str {
+    if name.is_empty() { "amq.default" } else { name }
+}
+
+/// `Ok` for 2xx, else the error the answer stands for.
+fn check(status: StatusCode, body: &[u8]) -> Result<()> {
+    if status.is_success() {
+        return Ok(());
+    }
+    let reason = reason(status, body);
+    Err(match status.as_u16() {
+        401 | 403 => ManagementError::Unauthorized(reason),
+        code => ManagementError::Status { code, reason },
+    })
+}
+
+/// RabbitMQ's `reason` (HTML-escaped by the API), else `error`, else the body or status text.
+fn reason(status: StatusCode, body: &[u8]) -> String {
+    let json: Option<Map<String, Value>> = serde_json::from_slice(body).ok();
+    let field = |name| {
+        json.as_ref()
+            .and_then(|m| m.get(name))
+            .and_then(Value::as_str)
+            .map(unescape_html)
+    };
+    let text = String::from_utf8_lossy(body)
+        .trim()
+        .chars()
+        .take(300)
+        .collect::<String>();
+    field("reason")
+        .or_else(|| field("error"))
+        .filter(|r| !r.is_empty())
+        .or(Some(text).filter(|t| !t.is_empty()))
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("no reason").to_string())
+}
+
+fn unescape_html(text: &str) -> String {
+    text.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&")
+}
+
+/// A transport error with its whole cause chain (hyper's own message is only "client error").
+fn transport_error(uri: &str, error: &(dyn std::error::Error + 'static)) -> ManagementError {
+    let mut message = format!("{uri}: {error}");
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    ManagementError::Unreachable(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_encode_every_reserved_byte() {
+        assert_eq!(
+            api_path(&["queues", "/", "orders"]),
+            "/api/queues/%2F/orders"
+        );
+        assert_eq!(
+            api_path(&["queues", "v h/x", "a/b c+%"]),
+            "/api/queues/v%20h%2Fx/a%2Fb%20c%2B%25"
+        );
+        assert_eq!(
+            api_path(&["exchanges", "/", "amq.topic-1_~"]),
+            "/api/exchanges/%2F/amq.topic-1_~"
+        );
+        assert_eq!(
+            api_path(&["queues", "/", "zähler?#"]),
+            "/api/queues/%2F/z%C3%A4hler%3F%23"
+        );
+        // A properties key as RabbitMQ gives it is itself encoded once more.
+        assert_eq!(
+            api_path(&["bindings", "/", "e", "ex", "q", "q", "a+b%2Fc"]),
+            "/api/bindings/%2F/e/ex/q/q/a%2Bb%252Fc"
+        );
+        assert_eq!(exchange_segment(""), "amq.default");
+        assert_eq!(exchange_segment("events"), "events");
+    }
+
+    #[test]
+    fn statuses_map_to_errors() {
+        assert_eq!(check(StatusCode::CREATED, b""), Ok(()));
+        assert_eq!(check(StatusCode::NO_CONTENT, b""), Ok(()));
+        assert_eq!(
+            check(
+                StatusCode::UNAUTHORIZED,
+                br#"{"error":"not_authorized","reason":"Login failed"}"#
+            ),
+            Err(ManagementError::Unauthorized("Login failed".into()))
+        );
+        assert!(
+            matches!(check(StatusCode::FORBIDDEN, b""), Err(ManagementError::Unauthorized(r)) if r == "Forbidden")
+        );
+        assert_eq!(
+            check(
+                StatusCode::NOT_FOUND,
+                br#"{"error":"Object Not Found","reason":"Not Found"}"#
+            ),
+            Err(ManagementError::Status {
+                code: 404,
+                reason: "Not Found".into()
+            })
+        );
+        let escaped = br#"{"error":"bad_request","reason":"Validation failed\n\n[{&lt;&lt;\"max-lengthx\"&gt;&gt;,5}] are not recognised"}"#;
+        assert_eq!(
+            check(StatusCode::BAD_REQUEST, escaped),
+            Err(ManagementError::Status {
+                code: 400,
+                reason: "Validation failed\n\n[{<<\"max-lengthx\">>,5}] are not recognised".into()
+            })
+        );
+        assert_eq!(
+            check(StatusCode::BAD_GATEWAY, b"<html>upstream down</html>"),
+            Err(ManagementError::Status {
+                code: 502,
+                reason: "<html>upstream down</html>".into()
+            })
+        );
+        assert_eq!(
+            check(StatusCode::INTERNAL_SERVER_ERROR, br#"{"error":"oops"}"#),
+            Err(ManagementError::Status {
+                code: 500,
+                reason: "oops".into()
+            })
+        );
+    }
+
+    #[test]
+    fn answers_decode() {
+        let q: QueueInfo = serde_json::from_str(
+            r#"{"arguments":{"x-queue-type":"quorum"},"consumers":0,"durable":true,"message_bytes":5,
+                "messages":1,"messages_ready":1,"messages_unacknowledged":0,"name":"q1","policy":null,"type":"quorum"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (q.queue_type.as_deref(), q.messages, q.policy),
+            (Some("quorum"), Some(1), None)
+        );
+        // A fresh classic queue has no figures yet; an old server no `type`.
+        let q = serde_json::from_str::<QueueInfo>(
+            r#"{"name":"c","arguments":{"x-queue-type":"classic"}}"#,
+        )
+        .unwrap()
+        .fill_type();
+        assert_eq!(
+            (q.queue_type.as_deref(), q.messages, q.durable),
+            (Some("classic"), None, false)
+        );
+        let p: Policy = serde_json::from_str(
+            r#"{"vhost":"/","name":"p2","pattern":"^q1$","apply-to":"all","definition":{"max-length":5},"priority":0}"#,
+        )
+        .unwrap();
+        assert_eq!(serde_json::to_value(&p).unwrap()["apply-to"], "all");
+        let m: Message = serde_json::from_str(
+            r#"{"payload_bytes":2,"redelivered":false,"exchange":"x","routing_key":"k","message_count":0,
+                "properties":{},"payload":"AP8=","payload_encoding":"base64"}"#,
+        )
+        .unwrap();
+        assert_eq!(m.payload_bytes(), Ok(vec![0, 255]));
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        for bad in ["ftp://h", "localhost:15672", "http://", "http://h/?x=1"] {
+            assert!(
+                matches!(
+                    ManagementClient::new(bad, "u", "p", None),
+                    Err(ManagementError::Config(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            ManagementClient::new("https://h", "u", "p", Some("not a pem")),
+            Err(ManagementError::Config(_))
+        ));
+        let client = ManagementClient::new("http://127.0.0.1:15672/", "u", "p", None).unwrap();
+        assert_eq!(client.base, "http://127.0.0.1:15672");
+        assert_eq!(client.auth.to_str().unwrap(), "Basic dTpw");
+    }
+}
