@@ -1,19 +1,22 @@
-//! Queues and Topics on a real nats-server, with the operator as its own process: streams
-//! created, updated in place and deleted under each deletion policy; event types as subjects;
-//! drift repaired or reported; foreign streams left alone; convergence after the broker comes
-//! back; duplicate detection; deletion that does not hang when the broker is gone; and 200
-//! Queues applied at once.
+//! Queues and Topics on real brokers, with the operator as its own process, the same test body
+//! on NATS (a nats-server of the test's own) and on RabbitMQ (a virtual host of the test's own
+//! on the plane's rabbitmq-server): destinations created, updated in place and deleted under
+//! each deletion policy; drift repaired or reported; foreign queues left alone; convergence
+//! after the broker comes back; deletion that does not hang when the broker is gone; and 200
+//! Queues applied at once. Engine-specific behaviour (subjects, routing keys, duplicate
+//! detection) has tests of its own at the end.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, stream};
-use common::nats::NatsServer;
+use async_nats::jetstream::stream;
+use common::broker::{EngineKind, TestBroker};
 use common::operator::Operator;
 use common::{Plane, TestNamespace, wait_condition};
 use conveyor::api::{Broker, Queue, Topic};
 use futures::future::join_all;
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
@@ -23,8 +26,7 @@ const T: Duration = Duration::from_secs(45);
 struct Env {
     plane: Plane,
     ns: TestNamespace,
-    server: NatsServer,
-    js: jetstream::Context,
+    broker: TestBroker,
     _op: Operator,
     queues: Api<Queue>,
     topics: Api<Topic>,
@@ -32,9 +34,16 @@ struct Env {
 }
 
 impl Env {
-    /// Starts a server and an operator, and creates the Broker `events` pointing at the server.
-    async fn start(test: &str, plane: Plane, ns: TestNamespace, extra: &[&str]) -> Option<Self> {
-        let server = NatsServer::start(&[])?;
+    /// Starts a broker of `engine` and an operator, and creates the Broker `events` pointing at
+    /// the broker.
+    async fn start(
+        engine: EngineKind,
+        test: &str,
+        plane: Plane,
+        ns: TestNamespace,
+        extra: &[&str],
+    ) -> Option<Self> {
+        let broker = TestBroker::start(engine, &ns.name).await?;
         common::install_crds(&plane).await;
         let mut args = vec![
             "--allowed-broker-destinations",
@@ -44,21 +53,31 @@ impl Env {
         ];
         args.extend_from_slice(extra);
         let op = Operator::start_with(&plane, &ns.name, test, &args);
-        let client = async_nats::connect(&server.url).await.unwrap();
         let c = plane.client.clone();
         let env = Self {
-            js: jetstream::new(client),
             queues: Api::namespaced(c.clone(), &ns.name),
             topics: Api::namespaced(c.clone(), &ns.name),
             brokers: Api::namespaced(c, &ns.name),
             _op: op,
-            server,
+            broker,
             ns,
             plane,
         };
+        let (spec, secret) = env.broker.broker_spec();
+        if let Some((name, data)) = secret {
+            let secret: Secret = serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data
+            }))
+            .unwrap();
+            let secrets: Api<Secret> = Api::namespaced(env.plane.client.clone(), &env.ns.name);
+            secrets
+                .create(&PostParams::default(), &secret)
+                .await
+                .unwrap();
+        }
         let broker: Broker = serde_json::from_value(json!({
             "apiVersion": "conveyor.dev/v1alpha1", "kind": "Broker", "metadata": {"name": "events"},
-            "spec": {"engine": "nats", "external": {"urls": [env.server.url]}}
+            "spec": spec
         }))
         .unwrap();
         env.brokers
@@ -69,7 +88,11 @@ impl Env {
         Some(env)
     }
 
-    fn stream(&self, kind: &str, name: &str) -> String {
+    fn engine(&self) -> EngineKind {
+        self.broker.engine()
+    }
+
+    fn name_in_broker(&self, kind: &str, name: &str) -> String {
         format!("{kind}_{}_{name}", self.ns.name.replace('.', "_"))
     }
 
@@ -86,25 +109,13 @@ impl Env {
             .unwrap();
     }
 
-    async fn config(&self, stream: &str) -> Option<stream::Config> {
-        let mut s = self.js.get_stream(stream).await.ok()?;
-        Some(s.info().await.ok()?.config.clone())
-    }
-
-    async fn messages(&self, stream: &str) -> Option<u64> {
-        let mut s = self.js.get_stream(stream).await.ok()?;
-        Some(s.info().await.ok()?.state.messages)
-    }
-
-    async fn publish(&self, subject: &str, n: usize) {
-        for i in 0..n {
-            self.js
-                .publish(subject.to_string(), format!("m{i}").into())
-                .await
-                .unwrap()
-                .await
-                .unwrap();
-        }
+    /// Waits until the broker reports `n` messages in the Queue `queue` (RabbitMQ's figures
+    /// lag by about two seconds).
+    async fn wait_messages(&self, queue: &str, n: u64) {
+        common::wait_for(&format!("{queue} to hold {n} message(s)"), T, || async {
+            (self.broker.messages(false, queue).await == Some(n)).then_some(())
+        })
+        .await;
     }
 
     async fn gone(&self, name: &str) {
@@ -140,46 +151,67 @@ where
 }
 
 macro_rules! env {
-    ($test:expr) => {
-        env!($test, &[])
+    ($engine:expr, $test:expr) => {
+        env!($engine, $test, &[])
     };
-    ($test:expr, $extra:expr) => {{
-        let (plane, ns) = setup!($test);
-        match Env::start($test, plane, ns, $extra).await {
+    ($engine:expr, $test:expr, $extra:expr) => {{
+        let test = format!("{}-{}", $test, $engine.name());
+        let (plane, ns) = setup!(&test);
+        match Env::start($engine, &test, plane, ns, $extra).await {
             Some(env) => env,
             None => return,
         }
     }};
 }
 
-#[tokio::test]
-async fn queues_are_created_updated_and_deleted_under_each_policy() {
-    let env = env!("queue-lifecycle", &["--stream-refresh-seconds", "2"]);
+/// Runs one test body on both engines, as two tests.
+macro_rules! on_both_engines {
+    ($body:ident) => {
+        mod $body {
+            use super::*;
+
+            #[tokio::test]
+            async fn on_nats() {
+                super::$body(EngineKind::Nats).await;
+            }
+
+            #[tokio::test]
+            async fn on_rabbitmq() {
+                super::$body(EngineKind::Rabbitmq).await;
+            }
+        }
+    };
+}
+
+async fn queues_are_created_updated_and_deleted_under_each_policy(engine: EngineKind) {
+    let env = env!(
+        engine,
+        "queue-lifecycle",
+        &["--stream-refresh-seconds", "2"]
+    );
     for (name, policy) in [
         ("keep", "Retain"),
         ("drop", "Delete"),
         ("drain", "DeleteIfEmpty"),
     ] {
-        env.create_queue(name, json!({"deletionPolicy": policy, "retention": {"maxAge": "1h"}, "deduplicationWindow": "1m"})).await;
+        env.create_queue(
+            name,
+            json!({"deletionPolicy": policy, "retention": {"maxAge": "1h"}}),
+        )
+        .await;
     }
     for name in ["keep", "drop", "drain"] {
         wait_condition(&env.queues, name, "Ready", "True", T).await;
-        let stream = env.stream("queue", name);
-        let c = env
-            .config(&stream)
-            .await
-            .expect("the stream exists in the broker");
-        assert_eq!(c.retention, stream::RetentionPolicy::WorkQueue);
-        assert_eq!(c.subjects, [stream.clone(), format!("{stream}.>")]);
-        assert_eq!(
-            (c.max_age, c.duplicate_window),
-            (Duration::from_secs(3600), Duration::from_secs(60))
+        let queue = env.name_in_broker("queue", name);
+        assert!(
+            env.broker.exists(false, &queue).await,
+            "{queue} is in the broker"
         );
         assert_eq!(
-            c.metadata.get("conveyor.dev/owner"),
-            Some(&format!("Queue {}/{name}", env.ns.name))
+            env.broker.max_age(false, &queue).await,
+            Some(Duration::from_secs(3600))
         );
-        env.publish(&stream, 3).await;
+        env.broker.publish_to_queue(&queue, 3).await;
         common::wait_for(&format!("{name} status to count 3 messages"), T, || async {
             let q = env.queues.get(name).await.ok()?;
             (q.status?.messages == Some(3)).then_some(())
@@ -187,34 +219,34 @@ async fn queues_are_created_updated_and_deleted_under_each_policy() {
         .await;
         patch_spec(&env.queues, name, json!({"retention": {"maxAge": "2h"}})).await;
         common::wait_for("the update to reach the broker in place", T, || async {
-            let c = env.config(&stream).await?;
-            (c.max_age == Duration::from_secs(7200)).then_some(())
+            (env.broker.max_age(false, &queue).await? == Duration::from_secs(7200)).then_some(())
         })
         .await;
-        assert_eq!(
-            env.messages(&stream).await,
-            Some(3),
-            "updating in place keeps the messages"
-        );
+        env.wait_messages(&queue, 3).await;
     }
 
-    // Retain: the resource goes, the stream and its messages stay.
+    // Retain: the resource goes, the queue and its messages stay.
     env.queues
         .delete("keep", &DeleteParams::default())
         .await
         .unwrap();
     env.gone("keep").await;
-    assert_eq!(env.messages(&env.stream("queue", "keep")).await, Some(3));
+    env.wait_messages(&env.name_in_broker("queue", "keep"), 3)
+        .await;
 
-    // Delete: the stream goes with the resource.
+    // Delete: the queue goes with the resource.
     env.queues
         .delete("drop", &DeleteParams::default())
         .await
         .unwrap();
     env.gone("drop").await;
-    assert!(env.config(&env.stream("queue", "drop")).await.is_none());
+    assert!(
+        !env.broker
+            .exists(false, &env.name_in_broker("queue", "drop"))
+            .await
+    );
 
-    // DeleteIfEmpty: refused while messages remain, done once the stream is empty.
+    // DeleteIfEmpty: refused while messages remain, done once the queue is empty.
     env.queues
         .delete("drain", &DeleteParams::default())
         .await
@@ -225,93 +257,22 @@ async fn queues_are_created_updated_and_deleted_under_each_policy() {
     })
     .await;
     assert!(message.contains("3 message"), "{message}");
-    let drain = env.stream("queue", "drain");
-    assert_eq!(env.messages(&drain).await, Some(3));
+    let drain = env.name_in_broker("queue", "drain");
+    env.wait_messages(&drain, 3).await;
     assert!(
         common::event_reasons(&env.plane, &env.ns.name, "drain")
             .await
             .iter()
             .any(|r| r == "DeletionBlocked")
     );
-    env.js
-        .get_stream(&drain)
-        .await
-        .unwrap()
-        .purge()
-        .await
-        .unwrap();
+    env.broker.purge(&drain).await;
     env.gone("drain").await;
-    assert!(env.config(&drain).await.is_none());
+    assert!(!env.broker.exists(false, &drain).await);
 }
+on_both_engines!(queues_are_created_updated_and_deleted_under_each_policy);
 
-#[tokio::test]
-async fn topic_event_types_are_subjects_and_schemas_are_checked() {
-    let env = env!("topic-event-types");
-    let topic: Topic = serde_json::from_value(json!({
-        "apiVersion": "conveyor.dev/v1alpha1", "kind": "Topic", "metadata": {"name": "orders"},
-        "spec": {"brokerRef": {"name": "events"}, "eventTypes": [
-            {"type": "OrderPlaced", "schema": {"type": "object", "required": ["orderId"]}}
-        ]}
-    }))
-    .unwrap();
-    env.topics
-        .create(&PostParams::default(), &topic)
-        .await
-        .unwrap();
-    wait_condition(&env.topics, "orders", "Ready", "True", T).await;
-    let stream = env.stream("topic", "orders");
-    let c = env.config(&stream).await.unwrap();
-    assert_eq!(c.retention, stream::RetentionPolicy::Limits);
-    assert_eq!(c.subjects, [format!("{stream}.OrderPlaced")]);
-    env.publish(&format!("{stream}.OrderPlaced"), 1).await;
-    let undeclared = env
-        .js
-        .publish(format!("{stream}.Unknown"), "x".into())
-        .await
-        .unwrap()
-        .await;
-    assert!(
-        undeclared.is_err(),
-        "an undeclared event type has no stream to land in"
-    );
-
-    patch_spec(
-        &env.topics,
-        "orders",
-        json!({"eventTypes": [
-            {"type": "OrderPlaced", "schema": {"type": "object"}},
-            {"type": "OrderShipped", "schema": {"type": "object"}}
-        ]}),
-    )
-    .await;
-    common::wait_for("the new event type's subject", T, || async {
-        let c = env.config(&stream).await?;
-        (c.subjects.len() == 2 && c.subjects.contains(&format!("{stream}.OrderShipped")))
-            .then_some(())
-    })
-    .await;
-    assert_eq!(env.messages(&stream).await, Some(1));
-
-    patch_spec(
-        &env.topics,
-        "orders",
-        json!({"eventTypes": [
-            {"type": "OrderPlaced", "schema": {"type": "object"}},
-            {"type": "OrderShipped", "schema": {"type": "objekt"}}
-        ]}),
-    )
-    .await;
-    let (reason, message) = wait_condition(&env.topics, "orders", "Ready", "False", T).await;
-    assert_eq!(reason, "InvalidEventSchema");
-    assert!(
-        message.contains("eventTypes[OrderShipped].schema"),
-        "{message}"
-    );
-}
-
-#[tokio::test]
-async fn drift_is_repaired_or_only_reported() {
-    let env = env!("stream-drift", &["--stream-refresh-seconds", "2"]);
+async fn drift_is_repaired_or_only_reported(engine: EngineKind) {
+    let env = env!(engine, "stream-drift", &["--stream-refresh-seconds", "2"]);
     env.create_queue("repaired", json!({"retention": {"maxAge": "1h"}}))
         .await;
     env.create_queue(
@@ -322,25 +283,25 @@ async fn drift_is_repaired_or_only_reported() {
     wait_condition(&env.queues, "repaired", "Ready", "True", T).await;
     wait_condition(&env.queues, "reported", "Ready", "True", T).await;
     let (repaired, reported) = (
-        env.stream("queue", "repaired"),
-        env.stream("queue", "reported"),
+        env.name_in_broker("queue", "repaired"),
+        env.name_in_broker("queue", "reported"),
     );
 
     // Deleted outside Conveyor: recreated.
-    env.js.delete_stream(&repaired).await.unwrap();
-    common::wait_for("the deleted stream to be recreated", T, || async {
-        env.config(&repaired).await.map(|_| ())
+    env.broker.delete_outside(false, &repaired).await;
+    common::wait_for("the deleted queue to be recreated", T, || async {
+        env.broker.exists(false, &repaired).await.then_some(())
     })
     .await;
 
     // Edited outside Conveyor: set back, or reported and left.
-    for s in [&repaired, &reported] {
-        let mut c = env.config(s).await.unwrap();
-        c.max_age = Duration::from_secs(600);
-        env.js.update_stream(&c).await.unwrap();
+    for q in [&repaired, &reported] {
+        env.broker
+            .edit_max_age(false, q, Duration::from_secs(600))
+            .await;
     }
-    common::wait_for("the edited stream to be set back", T, || async {
-        (env.config(&repaired).await?.max_age == Duration::from_secs(3600)).then_some(())
+    common::wait_for("the edited queue to be set back", T, || async {
+        (env.broker.max_age(false, &repaired).await? == Duration::from_secs(3600)).then_some(())
     })
     .await;
     let (reason, message) = wait_condition(&env.queues, "reported", "Synced", "False", T).await;
@@ -348,9 +309,9 @@ async fn drift_is_repaired_or_only_reported() {
     assert!(message.contains("maxAge"), "{message}");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        env.config(&reported).await.unwrap().max_age,
-        Duration::from_secs(600),
-        "Report leaves the stream as it is"
+        env.broker.max_age(false, &reported).await,
+        Some(Duration::from_secs(600)),
+        "Report leaves the queue as it is"
     );
 
     let events = common::event_reasons(&env.plane, &env.ns.name, "repaired").await;
@@ -363,89 +324,57 @@ async fn drift_is_repaired_or_only_reported() {
             .any(|r| r == "DriftDetected")
     );
 }
+on_both_engines!(drift_is_repaired_or_only_reported);
 
-#[tokio::test]
-async fn a_stream_conveyor_did_not_create_is_not_taken_over() {
-    let env = env!("stream-conflict");
-    let name = env.stream("queue", "taken");
-    env.js
-        .create_stream(stream::Config {
-            name: name.clone(),
-            subjects: vec!["elsewhere.>".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+async fn a_queue_conveyor_did_not_create_is_not_taken_over(engine: EngineKind) {
+    let env = env!(engine, "stream-conflict");
+    let name = env.name_in_broker("queue", "taken");
+    env.broker.create_foreign_queue(&name).await;
     env.create_queue("taken", json!({})).await;
     let (reason, message) = wait_condition(&env.queues, "taken", "Ready", "False", T).await;
     assert_eq!(reason, "Conflict");
     assert!(message.contains("not created by Conveyor"), "{message}");
-    let c = env.config(&name).await.unwrap();
-    assert_eq!(
-        c.subjects,
-        ["elsewhere.>"],
-        "the foreign stream is untouched"
+    assert!(
+        env.broker.foreign_queue_untouched(&name).await,
+        "the foreign queue is untouched"
     );
-    assert!(!c.metadata.contains_key("conveyor.dev/owner"));
+    // Deleting the resource leaves the foreign queue too, whatever its policy.
+    patch_spec(&env.queues, "taken", json!({"deletionPolicy": "Delete"})).await;
+    env.queues
+        .delete("taken", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.gone("taken").await;
+    assert!(env.broker.foreign_queue_untouched(&name).await);
 }
+on_both_engines!(a_queue_conveyor_did_not_create_is_not_taken_over);
 
-#[tokio::test]
-async fn a_queue_created_while_the_broker_is_down_converges_when_it_returns() {
-    let mut env = env!("stream-broker-down");
-    env.server.stop();
+async fn a_queue_created_while_the_broker_is_down_converges_when_it_returns(engine: EngineKind) {
+    let mut env = env!(engine, "stream-broker-down");
+    env.broker.cut().await;
     wait_condition(&env.brokers, "events", "Reachable", "False", T).await;
     env.create_queue("patient", json!({})).await;
     let (reason, message) = wait_condition(&env.queues, "patient", "Ready", "False", T).await;
     assert_eq!(reason, "BrokerNotReady");
     assert!(message.contains("not reachable"), "{message}");
-    env.server.restart();
+    env.broker.restore().await;
     let back = Instant::now();
     wait_condition(&env.queues, "patient", "Ready", "True", T).await;
     eprintln!(
-        "the Queue became Ready {:?} after the broker came back",
+        "{}: the Queue became Ready {:?} after the broker came back",
+        env.engine().name(),
         back.elapsed()
     );
-    let client = async_nats::connect(&env.server.url).await.unwrap();
-    let mut s = jetstream::new(client)
-        .get_stream(env.stream("queue", "patient"))
-        .await
-        .unwrap();
-    assert_eq!(
-        s.info().await.unwrap().config.retention,
-        stream::RetentionPolicy::WorkQueue
-    );
-}
-
-#[tokio::test]
-async fn a_message_id_published_twice_in_the_window_is_stored_once() {
-    let env = env!("stream-dedup");
-    env.create_queue("orders", json!({"deduplicationWindow": "1m"}))
-        .await;
-    wait_condition(&env.queues, "orders", "Ready", "True", T).await;
-    let stream = env.stream("queue", "orders");
-    let mut acks = Vec::new();
-    for _ in 0..2 {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", "order-42");
-        acks.push(
-            env.js
-                .publish_with_headers(stream.clone(), headers, "placed".into())
-                .await
-                .unwrap()
-                .await
-                .unwrap(),
-        );
-    }
     assert!(
-        !acks[0].duplicate && acks[1].duplicate,
-        "the broker flags the second publish as a duplicate"
+        env.broker
+            .exists(false, &env.name_in_broker("queue", "patient"))
+            .await
     );
-    assert_eq!(env.messages(&stream).await, Some(1));
 }
+on_both_engines!(a_queue_created_while_the_broker_is_down_converges_when_it_returns);
 
-#[tokio::test]
-async fn deletion_does_not_hang_when_the_broker_is_gone() {
-    let mut env = env!("stream-broker-gone");
+async fn deletion_does_not_hang_when_the_broker_is_gone(engine: EngineKind) {
+    let mut env = env!(engine, "stream-broker-gone");
     env.create_queue("orphan", json!({"deletionPolicy": "Delete"}))
         .await;
     env.create_queue("homeless", json!({"deletionPolicy": "Delete"}))
@@ -453,9 +382,9 @@ async fn deletion_does_not_hang_when_the_broker_is_gone() {
     wait_condition(&env.queues, "orphan", "Ready", "True", T).await;
     wait_condition(&env.queues, "homeless", "Ready", "True", T).await;
 
-    // The broker stops for good: the deletion is retried for the grace period (3 s here), then
-    // the resource goes and an Event says the stream was left behind.
-    env.server.stop();
+    // The broker goes away for good: the deletion is retried for the grace period (3 s here),
+    // then the resource goes and an Event says the queue was left behind.
+    env.broker.cut().await;
     wait_condition(&env.brokers, "events", "Reachable", "False", T).await;
     let started = Instant::now();
     env.queues
@@ -485,10 +414,10 @@ async fn deletion_does_not_hang_when_the_broker_is_gone() {
         .unwrap();
     env.gone("homeless").await;
 }
+on_both_engines!(deletion_does_not_hang_when_the_broker_is_gone);
 
-#[tokio::test]
-async fn two_hundred_queues_applied_at_once_all_become_ready() {
-    let env = env!("stream-200");
+async fn two_hundred_queues_applied_at_once_all_become_ready(engine: EngineKind) {
+    let env = env!(engine, "stream-200");
     let started = Instant::now();
     let names: Vec<String> = (0..200).map(|i| format!("q{i:03}")).collect();
     join_all(names.iter().map(|n| env.create_queue(n, json!({})))).await;
@@ -513,8 +442,236 @@ async fn two_hundred_queues_applied_at_once_all_become_ready() {
     )
     .await;
     let elapsed = started.elapsed();
-    let client = async_nats::connect(&env.server.url).await.unwrap();
-    let account = jetstream::new(client).query_account().await.unwrap();
-    assert_eq!(account.streams, 200);
-    eprintln!("200 Queues applied at once were all Ready after {elapsed:?}");
+    assert_eq!(env.broker.count_queues().await, 200);
+    eprintln!(
+        "{}: 200 Queues applied at once were all Ready after {elapsed:?}",
+        env.engine().name()
+    );
+}
+on_both_engines!(two_hundred_queues_applied_at_once_all_become_ready);
+
+// NATS only: subjects per event type, and duplicate detection.
+
+#[tokio::test]
+async fn topic_event_types_are_subjects_and_schemas_are_checked() {
+    let env = env!(EngineKind::Nats, "topic-event-types");
+    let TestBroker::Nats { js, .. } = &env.broker else {
+        unreachable!()
+    };
+    create_orders_topic(&env, &["OrderPlaced"]).await;
+    wait_condition(&env.topics, "orders", "Ready", "True", T).await;
+    let stream = env.name_in_broker("topic", "orders");
+    let c = js
+        .get_stream(&stream)
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    assert_eq!(c.retention, stream::RetentionPolicy::Limits);
+    assert_eq!(c.subjects, [format!("{stream}.OrderPlaced")]);
+    js.publish(format!("{stream}.OrderPlaced"), "x".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let undeclared = js
+        .publish(format!("{stream}.Unknown"), "x".into())
+        .await
+        .unwrap()
+        .await;
+    assert!(
+        undeclared.is_err(),
+        "an undeclared event type has no stream to land in: the publisher gets an error"
+    );
+
+    patch_spec(
+        &env.topics,
+        "orders",
+        json!({"eventTypes": [
+            {"type": "OrderPlaced", "schema": {"type": "object"}},
+            {"type": "OrderShipped", "schema": {"type": "object"}}
+        ]}),
+    )
+    .await;
+    common::wait_for("the new event type's subject", T, || async {
+        let mut s = js.get_stream(&stream).await.ok()?;
+        let c = s.info().await.ok()?.config.clone();
+        (c.subjects.len() == 2 && c.subjects.contains(&format!("{stream}.OrderShipped")))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(env.broker.messages(true, &stream).await, Some(1));
+
+    patch_spec(
+        &env.topics,
+        "orders",
+        json!({"eventTypes": [
+            {"type": "OrderPlaced", "schema": {"type": "object"}},
+            {"type": "OrderShipped", "schema": {"type": "objekt"}}
+        ]}),
+    )
+    .await;
+    let (reason, message) = wait_condition(&env.topics, "orders", "Ready", "False", T).await;
+    assert_eq!(reason, "InvalidEventSchema");
+    assert!(
+        message.contains("eventTypes[OrderShipped].schema"),
+        "{message}"
+    );
+}
+
+async fn create_orders_topic(env: &Env, types: &[&str]) {
+    let types: Vec<Value> = types
+        .iter()
+        .map(|t| json!({"type": t, "schema": {"type": "object", "required": ["orderId"]}}))
+        .collect();
+    let topic: Topic = serde_json::from_value(json!({
+        "apiVersion": "conveyor.dev/v1alpha1", "kind": "Topic", "metadata": {"name": "orders"},
+        "spec": {"brokerRef": {"name": "events"}, "eventTypes": types}
+    }))
+    .unwrap();
+    env.topics
+        .create(&PostParams::default(), &topic)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_message_id_published_twice_in_the_window_is_stored_once() {
+    let env = env!(EngineKind::Nats, "stream-dedup");
+    let TestBroker::Nats { js, .. } = &env.broker else {
+        unreachable!()
+    };
+    env.create_queue("orders", json!({"deduplicationWindow": "1m"}))
+        .await;
+    wait_condition(&env.queues, "orders", "Ready", "True", T).await;
+    let (_, message) = wait_condition(&env.queues, "orders", "Supported", "True", T).await;
+    assert!(message.contains("every setting"), "{message}");
+    let stream = env.name_in_broker("queue", "orders");
+    let mut acks = Vec::new();
+    for _ in 0..2 {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", "order-42");
+        acks.push(
+            js.publish_with_headers(stream.clone(), headers, "placed".into())
+                .await
+                .unwrap()
+                .await
+                .unwrap(),
+        );
+    }
+    assert!(
+        !acks[0].duplicate && acks[1].duplicate,
+        "the broker flags the second publish as a duplicate"
+    );
+    assert_eq!(env.broker.messages(false, &stream).await, Some(1));
+}
+
+// RabbitMQ only: routing keys per event type, unrouted events kept, what it cannot honour.
+
+#[tokio::test]
+async fn topic_events_are_routed_by_type_and_none_vanish_on_rabbitmq() {
+    let env = env!(EngineKind::Rabbitmq, "topic-routing");
+    let TestBroker::Rabbitmq(r) = &env.broker else {
+        unreachable!()
+    };
+    create_orders_topic(&env, &["OrderPlaced", "OrderCancelled"]).await;
+    wait_condition(&env.topics, "orders", "Ready", "True", T).await;
+    let exchange = env.name_in_broker("topic", "orders");
+    let info = r.api.exchange(&r.vhost, &exchange).await.unwrap().unwrap();
+    assert_eq!(info.exchange_type, "topic");
+
+    // A subscriber's queue bound for OrderPlaced only (as an EventSubscription will be).
+    let args = json!({"x-queue-type": "quorum"});
+    let payment = "payment";
+    r.api
+        .declare_queue(&r.vhost, payment, true, args.as_object().unwrap())
+        .await
+        .unwrap();
+    r.api
+        .bind_queue(&r.vhost, &exchange, payment, "OrderPlaced")
+        .await
+        .unwrap();
+    let no_headers = serde_json::Map::new();
+    for (event, routed) in [
+        ("OrderPlaced", true),
+        ("OrderCancelled", true),
+        ("Unknown", true),
+    ] {
+        let got = r
+            .api
+            .publish(
+                &r.vhost,
+                &exchange,
+                event,
+                r#"{"orderId":"42"}"#,
+                &no_headers,
+            )
+            .await
+            .unwrap();
+        assert_eq!(got, routed, "{event} is routed somewhere, never dropped");
+    }
+    let placed = r
+        .api
+        .get_messages(&r.vhost, payment, 10, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        placed
+            .iter()
+            .map(|m| m.routing_key.as_str())
+            .collect::<Vec<_>>(),
+        ["OrderPlaced"],
+        "the bound queue gets OrderPlaced and nothing else"
+    );
+    let unrouted = format!("{exchange}.unrouted");
+    let kept = r
+        .api
+        .get_messages(&r.vhost, &unrouted, 10, true)
+        .await
+        .unwrap();
+    let mut keys: Vec<&str> = kept.iter().map(|m| m.routing_key.as_str()).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["OrderCancelled", "Unknown"],
+        "events no subscription took are kept in the Topic's unrouted queue"
+    );
+    common::wait_for("the Topic to count its 2 unrouted events", T, || async {
+        let t = env.topics.get("orders").await.ok()?;
+        let s = t.status?;
+        (s.messages == Some(2) && s.consumers == Some(1)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn settings_rabbitmq_cannot_honour_are_named_in_a_condition() {
+    let env = env!(EngineKind::Rabbitmq, "stream-unsupported");
+    env.create_queue(
+        "orders",
+        json!({"deduplicationWindow": "1m", "storage": "Memory"}),
+    )
+    .await;
+    wait_condition(&env.queues, "orders", "Ready", "True", T).await;
+    let (reason, message) = wait_condition(&env.queues, "orders", "Supported", "False", T).await;
+    assert_eq!(reason, "SettingNotSupported");
+    assert!(
+        message.contains("spec.deduplicationWindow") && message.contains("spec.storage"),
+        "{message}"
+    );
+    let TestBroker::Rabbitmq(r) = &env.broker else {
+        unreachable!()
+    };
+    let q = r
+        .api
+        .queue(&r.vhost, &env.name_in_broker("queue", "orders"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        q.queue_type.as_deref(),
+        Some("quorum"),
+        "kept on disk as a quorum queue"
+    );
 }

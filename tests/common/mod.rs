@@ -7,8 +7,10 @@
 //! failure (the test command and CI set it).
 #![allow(dead_code)]
 
+pub mod broker;
 pub mod nats;
 pub mod operator;
+pub mod proxy;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -81,6 +81,13 @@ pub fn external_broker() -> Value {
     json!({"engine": "nats", "external": {"urls": ["nats://nats.example:4222"]}})
 }
 
+pub fn external_rabbitmq_broker() -> Value {
+    json!({"engine": "rabbitmq", "external": {
+        "urls": ["amqp://rabbitmq.example:5672"],
+        "rabbitmq": {"managementUrl": "http://rabbitmq.example:15672", "virtualHost": "shop"}
+    }})
+}
+
 pub fn queue() -> Value {
     json!({"brokerRef": {"name": "events"}})
 }
@@ -232,13 +239,63 @@ pub fn invalid_cases() -> Vec<Invalid> {
             external_broker(),
             json!({"external": {"urls": ["http://nats.example:4222"]}}),
             "spec.external.urls[0] in body should match",
-        ),
+        )
+        .also(&["spec.external.urls must be nats:// or tls:// URLs"]),
         invalid(
             "broker-external-url-with-credentials",
             Broker,
             external_broker(),
             json!({"external": {"urls": ["nats://user:secret@nats.example:4222"]}}),
             "spec.external.urls[0] in body should match",
+        ),
+        invalid(
+            "broker-nats-settings-on-rabbitmq",
+            Broker,
+            managed_broker(),
+            json!({"engine": "rabbitmq", "managed": {"nats": {"maxPayload": 2048}}}),
+            "spec.managed.nats applies only to engine nats",
+        ),
+        invalid(
+            "broker-nats-with-amqp-url",
+            Broker,
+            external_broker(),
+            json!({"external": {"urls": ["amqp://rabbitmq.example:5672"]}}),
+            "spec.external.urls must be nats:// or tls:// URLs for engine nats, amqp:// or amqps:// URLs for engine rabbitmq",
+        ),
+        invalid(
+            "broker-rabbitmq-with-nats-url",
+            Broker,
+            external_rabbitmq_broker(),
+            json!({"external": {"urls": ["nats://nats.example:4222"]}}),
+            "spec.external.urls must be nats:// or tls:// URLs for engine nats, amqp:// or amqps:// URLs for engine rabbitmq",
+        ),
+        invalid(
+            "broker-rabbitmq-without-management-url",
+            Broker,
+            external_rabbitmq_broker(),
+            json!({"external": {"rabbitmq": null}}),
+            "engine rabbitmq needs spec.external.rabbitmq.managementUrl: Conveyor declares queues and exchanges through the management API",
+        ),
+        invalid(
+            "broker-rabbitmq-settings-on-nats",
+            Broker,
+            external_broker(),
+            json!({"external": {"rabbitmq": {"managementUrl": "http://rabbitmq.example:15672"}}}),
+            "spec.external.rabbitmq applies only to engine rabbitmq",
+        ),
+        invalid(
+            "broker-rabbitmq-amqp-url-with-vhost-path",
+            Broker,
+            external_rabbitmq_broker(),
+            json!({"external": {"urls": ["amqp://rabbitmq.example:5672/shop"]}}),
+            "spec.external.urls[0] in body should match",
+        ),
+        invalid(
+            "broker-rabbitmq-management-url-with-credentials",
+            Broker,
+            external_rabbitmq_broker(),
+            json!({"external": {"rabbitmq": {"managementUrl": "http://admin:secret@rabbitmq.example:15672"}}}),
+            "spec.external.rabbitmq.managementUrl in body should match",
         ),
         invalid(
             "queue-dedup-window-longer-than-max-age",

@@ -567,6 +567,43 @@ mod tests {
         assert_eq!(frame_size(&[1, 0, 0, 0, 0, 1, 0xf7]), Ok(503));
     }
 
+    /// Runs `exchange` against a peer that answers `reply` and closes.
+    async fn against(reply: &[u8]) -> (Result<ServerProperties, ProbeError>, Vec<u8>) {
+        let (client, mut server) = tokio::io::duplex(4096);
+        let reply = reply.to_vec();
+        let peer = tokio::spawn(async move {
+            let mut received = [0u8; 8];
+            server.read_exact(&mut received).await.unwrap();
+            server.write_all(&reply).await.unwrap();
+            received.to_vec()
+        });
+        let result = exchange(client).await;
+        (result, peer.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn talks_to_a_peer() {
+        let (result, sent) = against(&hex(RABBITMQ_3_10_8)).await;
+        assert_eq!(sent, PROTOCOL_HEADER);
+        assert_eq!(result.unwrap().product.as_deref(), Some("RabbitMQ"));
+        // A server for another protocol version answers with its header and hangs up.
+        let (result, _) = against(b"AMQP\x00\x01\x00\x00").await;
+        assert_eq!(
+            result,
+            Err(ProbeError::Protocol(
+                "server refused 0-9-1 and wants protocol [0, 1, 0, 0]".into()
+            ))
+        );
+        let (result, _) = against(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+        assert!(matches!(result, Err(ProbeError::Protocol(_))), "{result:?}");
+        // A peer that hangs up inside the frame.
+        let (result, _) = against(&hex(RABBITMQ_3_10_8)[..100]).await;
+        assert!(
+            matches!(result, Err(ProbeError::Unreachable(_))),
+            "{result:?}"
+        );
+    }
+
     #[test]
     fn urls_parse() {
         let t = |tls, host: &str, port| {

@@ -41,7 +41,7 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~');
 
 /// The columns `queue`/`queues` ask for, to keep answers small.
-const QUEUE_COLUMNS: &str = "name,type,durable,arguments,policy,messages,messages_ready,\
+const QUEUE_COLUMNS: &str = "name,type,durable,arguments,policy,state,messages,messages_ready,\
                              messages_unacknowledged,message_bytes,consumers,members";
 
 /// Why a management request failed.
@@ -100,6 +100,11 @@ pub struct QueueInfo {
     pub arguments: Map<String, Value>,
     /// The policy in force, if any.
     pub policy: Option<String>,
+    /// `running` (from the statistics, so `None` until the first sample, even when the figures
+    /// are already there). A quorum queue whose declare was cut off by a client timeout stays
+    /// `None` for good and is unusable: `get` blocks, redeclaring answers 204 (3.10.8). It
+    /// must be deleted (which takes the server about 5 s) and declared again.
+    pub state: Option<String>,
     pub messages: Option<u64>,
     pub messages_ready: Option<u64>,
     pub messages_unacknowledged: Option<u64>,
@@ -332,7 +337,8 @@ impl ManagementClient {
     }
 
     /// Declares a queue (not auto-delete); true when it was created, false when an equivalent
-    /// one existed. A differing existing queue is a 400 `Status` ("inequivalent arg").
+    /// one existed. A differing existing queue is a 400 `Status` ("inequivalent arg"). A
+    /// quorum queue declare cut off by the timeout may leave a broken queue: see `state`.
     pub async fn declare_queue(
         &self,
         vhost: &str,
@@ -341,10 +347,7 @@ impl ManagementClient {
         arguments: &Map<String, Value>,
     ) -> Result<bool> {
         let body = json!({"durable": durable, "auto_delete": false, "arguments": arguments});
-        let status = self
-            .send(Method::PUT, &api_path(&["queues", vhost, name]), Some(body))
-            .await?;
-        Ok(status == StatusCode::CREATED)
+        self.put(&api_path(&["queues", vhost, name]), body).await
     }
 
     /// Deletes a queue and its messages; false when it did not exist.
@@ -354,8 +357,8 @@ impl ManagementClient {
 
     /// One exchange, or `None`. The empty name is the default exchange (`amq.default`).
     pub async fn exchange(&self, vhost: &str, name: &str) -> Result<Option<ExchangeInfo>> {
-        self.get(&api_path(&["exchanges", vhost, exchange_segment(name)]))
-            .await
+        let path = api_path(&["exchanges", vhost, exchange_segment(name)]);
+        self.get(&path).await
     }
 
     /// Declares an exchange (not auto-delete, not internal); true when it was created.
@@ -369,19 +372,32 @@ impl ManagementClient {
     ) -> Result<bool> {
         let body = json!({"type": exchange_type, "durable": durable, "auto_delete": false,
                           "internal": false, "arguments": arguments});
-        let status = self
-            .send(
-                Method::PUT,
-                &api_path(&["exchanges", vhost, name]),
-                Some(body),
-            )
-            .await?;
-        Ok(status == StatusCode::CREATED)
+        self.put(&api_path(&["exchanges", vhost, name]), body).await
     }
 
     /// Deletes an exchange and its bindings; false when it did not exist.
     pub async fn delete_exchange(&self, vhost: &str, name: &str) -> Result<bool> {
         self.delete(&api_path(&["exchanges", vhost, name])).await
+    }
+
+    /// Creates a virtual host (idempotent) and gives `user` every permission in it.
+    pub async fn put_vhost(&self, vhost: &str, user: &str) -> Result<()> {
+        self.put(&api_path(&["vhosts", vhost]), json!({})).await?;
+        let all = json!({"configure": ".*", "write": ".*", "read": ".*"});
+        self.put(&api_path(&["permissions", vhost, user]), all)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes a virtual host and everything in it; false when it did not exist.
+    pub async fn delete_vhost(&self, vhost: &str) -> Result<bool> {
+        self.delete(&api_path(&["vhosts", vhost])).await
+    }
+
+    /// Removes every ready message of a queue.
+    pub async fn purge_queue(&self, vhost: &str, name: &str) -> Result<bool> {
+        self.delete(&api_path(&["queues", vhost, name, "contents"]))
+            .await
     }
 
     /// Every binding whose source is `exchange` (empty when it does not exist).
@@ -401,7 +417,7 @@ impl ManagementClient {
         exchange: &str,
         queue: &str,
     ) -> Result<Vec<Binding>> {
-        self.get_required(&api_path(&["bindings", vhost, "e", exchange, "q", queue]))
+        self.get_required(&binding_path(vhost, exchange, "q", queue, None))
             .await
     }
 
@@ -411,16 +427,10 @@ impl ManagementClient {
         vhost: &str,
         exchange: &str,
         queue: &str,
-        routing_key: &str,
+        key: &str,
     ) -> Result<()> {
-        let body = json!({"routing_key": routing_key, "arguments": {}});
-        self.send(
-            Method::POST,
-            &api_path(&["bindings", vhost, "e", exchange, "q", queue]),
-            Some(body),
-        )
-        .await
-        .map(drop)
+        self.bind(binding_path(vhost, exchange, "q", queue, None), key)
+            .await
     }
 
     /// Removes the binding named by `properties_key`; false when it did not exist.
@@ -431,15 +441,13 @@ impl ManagementClient {
         queue: &str,
         properties_key: &str,
     ) -> Result<bool> {
-        self.delete(&api_path(&[
-            "bindings",
+        self.delete(&binding_path(
             vhost,
-            "e",
             exchange,
             "q",
             queue,
-            properties_key,
-        ]))
+            Some(properties_key),
+        ))
         .await
     }
 
@@ -450,15 +458,8 @@ impl ManagementClient {
         source: &str,
         destination: &str,
     ) -> Result<Vec<Binding>> {
-        self.get_required(&api_path(&[
-            "bindings",
-            vhost,
-            "e",
-            source,
-            "e",
-            destination,
-        ]))
-        .await
+        self.get_required(&binding_path(vhost, source, "e", destination, None))
+            .await
     }
 
     /// Binds exchange `destination` to exchange `source` with `routing_key` (idempotent).
@@ -467,16 +468,10 @@ impl ManagementClient {
         vhost: &str,
         source: &str,
         destination: &str,
-        routing_key: &str,
+        key: &str,
     ) -> Result<()> {
-        let body = json!({"routing_key": routing_key, "arguments": {}});
-        self.send(
-            Method::POST,
-            &api_path(&["bindings", vhost, "e", source, "e", destination]),
-            Some(body),
-        )
-        .await
-        .map(drop)
+        self.bind(binding_path(vhost, source, "e", destination, None), key)
+            .await
     }
 
     /// Removes an exchange-to-exchange binding; false when it did not exist.
@@ -487,15 +482,13 @@ impl ManagementClient {
         destination: &str,
         properties_key: &str,
     ) -> Result<bool> {
-        self.delete(&api_path(&[
-            "bindings",
+        self.delete(&binding_path(
             vhost,
-            "e",
             source,
             "e",
             destination,
-            properties_key,
-        ]))
+            Some(properties_key),
+        ))
         .await
     }
 
@@ -509,14 +502,7 @@ impl ManagementClient {
     pub async fn put_policy(&self, vhost: &str, name: &str, policy: &Policy) -> Result<bool> {
         let body =
             serde_json::to_value(policy).map_err(|e| ManagementError::Decode(e.to_string()))?;
-        let status = self
-            .send(
-                Method::PUT,
-                &api_path(&["policies", vhost, name]),
-                Some(body),
-            )
-            .await?;
-        Ok(status == StatusCode::CREATED)
+        self.put(&api_path(&["policies", vhost, name]), body).await
     }
 
     /// Deletes a policy; false when it did not exist.
@@ -549,18 +535,22 @@ impl ManagementClient {
         count: u32,
         requeue: bool,
     ) -> Result<Vec<Message>> {
-        let ackmode = if requeue {
-            "ack_requeue_true"
-        } else {
-            "ack_requeue_false"
-        };
+        let ackmode = ["ack_requeue_false", "ack_requeue_true"][usize::from(requeue)];
         let body = json!({"count": count, "ackmode": ackmode, "encoding": "auto"});
-        self.call(
-            Method::POST,
-            &api_path(&["queues", vhost, queue, "get"]),
-            Some(body),
-        )
-        .await
+        let path = api_path(&["queues", vhost, queue, "get"]);
+        self.call(Method::POST, &path, Some(body)).await
+    }
+
+    /// PUT; true when the object was created (201), false when it was updated (204).
+    async fn put(&self, path: &str, body: Value) -> Result<bool> {
+        let status = self.send(Method::PUT, path, Some(body)).await?;
+        Ok(status == StatusCode::CREATED)
+    }
+
+    /// POST of a binding with `routing_key` and no arguments.
+    async fn bind(&self, path: String, routing_key: &str) -> Result<()> {
+        let body = json!({"routing_key": routing_key, "arguments": {}});
+        self.send(Method::POST, &path, Some(body)).await.map(drop)
     }
 
     /// GET that must find its object.
@@ -659,6 +649,19 @@ fn api_path(segments: &[&str]) -> String {
         })
 }
 
+/// `/api/bindings/{vhost}/e/{source}/{q|e}/{destination}[/{properties_key}]`.
+fn binding_path(
+    vhost: &str,
+    source: &str,
+    kind: &str,
+    destination: &str,
+    key: Option<&str>,
+) -> String {
+    let mut segments = vec!["bindings", vhost, "e", source, kind, destination];
+    segments.extend(key);
+    api_path(&segments)
+}
+
 /// The management API's name for the default exchange.
 fn exchange_segment(name: &str) -> &str {
     if name.is_empty() { "amq.default" } else { name }
@@ -740,7 +743,7 @@ mod tests {
         );
         // A properties key as RabbitMQ gives it is itself encoded once more.
         assert_eq!(
-            api_path(&["bindings", "/", "e", "ex", "q", "q", "a+b%2Fc"]),
+            binding_path("/", "ex", "q", "q", Some("a+b%2Fc")),
             "/api/bindings/%2F/e/ex/q/q/a%2Bb%252Fc"
         );
         assert_eq!(exchange_segment(""), "amq.default");

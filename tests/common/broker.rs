@@ -1,0 +1,384 @@
+//! A test's own broker of either engine, behind one set of operations, so that the Queue and
+//! Topic tests run the same body on NATS and on RabbitMQ.
+//!
+//! - NATS: a nats-server of the test's own (`nats::NatsServer`).
+//! - RabbitMQ: a virtual host of the test's own on the plane's rabbitmq-server, removed when the
+//!   test ends; the Broker reaches the server through a `proxy::Proxy` that the test can cut
+//!   to make the broker unreachable without disturbing other tests.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use conveyor::engine::rabbitmq::management::{ManagementClient, Policy};
+use serde_json::{Map, Value, json};
+
+use super::nats::NatsServer;
+use super::proxy::Proxy;
+
+/// Which engine a test body runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineKind {
+    Nats,
+    Rabbitmq,
+}
+
+impl EngineKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Nats => "nats",
+            Self::Rabbitmq => "rabbitmq",
+        }
+    }
+}
+
+/// The plane's RabbitMQ, from `.cluster/env`.
+#[derive(Clone, Debug)]
+pub struct RabbitPlane {
+    pub management_url: String,
+    pub amqp_url: String,
+    pub user: String,
+    pub password: String,
+}
+
+impl RabbitPlane {
+    /// The plane's RabbitMQ, or `None` after the skip line when the plane has none.
+    pub fn from_env() -> Option<Self> {
+        let file = super::env_file();
+        let var = |k: &str| super::setting(&file, k);
+        match (
+            var("CONVEYOR_TEST_RABBITMQ_MANAGEMENT_URL"),
+            var("CONVEYOR_TEST_RABBITMQ_AMQP_URL"),
+            var("CONVEYOR_TEST_RABBITMQ_USER"),
+            var("CONVEYOR_TEST_RABBITMQ_PASSWORD"),
+        ) {
+            (Some(management_url), Some(amqp_url), Some(user), Some(password)) => Some(Self {
+                management_url,
+                amqp_url,
+                user,
+                password,
+            }),
+            _ => {
+                super::skip(
+                    "no RabbitMQ on the plane (CONVEYOR_TEST_RABBITMQ_* unset): run `hack/cluster.sh up` and `source .cluster/env`",
+                );
+                None
+            }
+        }
+    }
+
+    pub fn client(&self) -> ManagementClient {
+        ManagementClient::new(&self.management_url, &self.user, &self.password, None).unwrap()
+    }
+}
+
+fn port_of(url: &str) -> u16 {
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .expect("a URL with a port")
+}
+
+/// A RabbitMQ virtual host of one test's own.
+pub struct RabbitVhost {
+    pub plane: RabbitPlane,
+    pub api: ManagementClient,
+    pub vhost: String,
+    /// The Broker's way in: AMQP and management through proxies the test can cut.
+    pub amqp: Proxy,
+    pub management: Proxy,
+}
+
+impl Drop for RabbitVhost {
+    fn drop(&mut self) {
+        // Drop cannot await; a blocking client call on a thread of its own does it.
+        let (api, vhost) = (self.api.clone(), self.vhost.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let _ = rt.block_on(api.delete_vhost(&vhost));
+        })
+        .join();
+    }
+}
+
+/// A test's broker.
+pub enum TestBroker {
+    Nats {
+        server: NatsServer,
+        js: jetstream::Context,
+    },
+    Rabbitmq(RabbitVhost),
+}
+
+impl TestBroker {
+    /// Starts (or carves out) a broker of `engine` for the test `test`; `None` after the skip
+    /// line when the plane lacks it.
+    pub async fn start(engine: EngineKind, test: &str) -> Option<Self> {
+        match engine {
+            EngineKind::Nats => {
+                let server = NatsServer::start(&[])?;
+                let client = async_nats::connect(&server.url).await.unwrap();
+                Some(Self::Nats {
+                    server,
+                    js: jetstream::new(client),
+                })
+            }
+            EngineKind::Rabbitmq => {
+                let plane = RabbitPlane::from_env()?;
+                let api = plane.client();
+                let vhost = format!("test-{test}-{}", std::process::id());
+                api.put_vhost(&vhost, &plane.user).await.unwrap();
+                let amqp = Proxy::start(port_of(&plane.amqp_url)).await;
+                let management = Proxy::start(port_of(&plane.management_url)).await;
+                Some(Self::Rabbitmq(RabbitVhost {
+                    plane,
+                    api,
+                    vhost,
+                    amqp,
+                    management,
+                }))
+            }
+        }
+    }
+
+    pub fn engine(&self) -> EngineKind {
+        match self {
+            Self::Nats { .. } => EngineKind::Nats,
+            Self::Rabbitmq(_) => EngineKind::Rabbitmq,
+        }
+    }
+
+    /// The `spec` of an external Broker pointing at this broker, and the Secret it needs.
+    pub fn broker_spec(&self) -> (Value, Option<(String, Value)>) {
+        match self {
+            Self::Nats { server, .. } => (
+                json!({"engine": "nats", "external": {"urls": [server.url]}}),
+                None,
+            ),
+            Self::Rabbitmq(r) => (
+                json!({"engine": "rabbitmq", "external": {
+                    "urls": [format!("amqp://127.0.0.1:{}", r.amqp.port)],
+                    "credentialsSecretRef": {"name": "rabbitmq-credentials"},
+                    "rabbitmq": {
+                        "managementUrl": format!("http://127.0.0.1:{}", r.management.port),
+                        "virtualHost": r.vhost
+                    }
+                }}),
+                Some((
+                    "rabbitmq-credentials".into(),
+                    json!({"user": r.plane.user, "password": r.plane.password}),
+                )),
+            ),
+        }
+    }
+
+    /// Makes the broker unreachable for the operator.
+    pub async fn cut(&mut self) {
+        match self {
+            Self::Nats { server, .. } => server.stop(),
+            Self::Rabbitmq(r) => {
+                r.amqp.cut().await;
+                r.management.cut().await;
+            }
+        }
+    }
+
+    /// Makes it reachable again.
+    pub async fn restore(&mut self) {
+        match self {
+            Self::Nats { server, js } => {
+                server.restart();
+                let client = async_nats::connect(&server.url).await.unwrap();
+                *js = jetstream::new(client);
+            }
+            Self::Rabbitmq(r) => {
+                r.amqp.restore().await;
+                r.management.restore().await;
+            }
+        }
+    }
+
+    /// The queue that holds a Topic's messages on RabbitMQ, or the destination itself.
+    fn holding(&self, topic: bool, name: &str) -> String {
+        if topic && self.engine() == EngineKind::Rabbitmq {
+            format!("{name}.unrouted")
+        } else {
+            name.to_string()
+        }
+    }
+
+    /// Whether the Queue (`topic: false`) or Topic named `name` exists in the broker.
+    pub async fn exists(&self, topic: bool, name: &str) -> bool {
+        match self {
+            Self::Nats { js, .. } => js.get_stream(name).await.is_ok(),
+            Self::Rabbitmq(r) if topic => r.api.exchange(&r.vhost, name).await.unwrap().is_some(),
+            Self::Rabbitmq(r) => r.api.queue(&r.vhost, name).await.unwrap().is_some(),
+        }
+    }
+
+    /// Messages held; `None` when the destination does not exist. RabbitMQ's figure lags by
+    /// about two seconds: wait for it rather than read it once.
+    pub async fn messages(&self, topic: bool, name: &str) -> Option<u64> {
+        match self {
+            Self::Nats { js, .. } => {
+                let mut s = js.get_stream(name).await.ok()?;
+                Some(s.info().await.ok()?.state.messages)
+            }
+            Self::Rabbitmq(r) => {
+                let q = r
+                    .api
+                    .queue(&r.vhost, &self.holding(topic, name))
+                    .await
+                    .ok()??;
+                Some(q.messages.unwrap_or(0))
+            }
+        }
+    }
+
+    /// Publishes `n` messages to a Queue.
+    pub async fn publish_to_queue(&self, name: &str, n: usize) {
+        for i in 0..n {
+            match self {
+                Self::Nats { js, .. } => {
+                    js.publish(name.to_string(), format!("m{i}").into())
+                        .await
+                        .unwrap()
+                        .await
+                        .unwrap();
+                }
+                Self::Rabbitmq(r) => {
+                    let routed = r
+                        .api
+                        .publish(&r.vhost, "", name, &format!("m{i}"), &Map::new())
+                        .await
+                        .unwrap();
+                    assert!(routed, "the message reached queue {name}");
+                }
+            }
+        }
+    }
+
+    /// The maximum age the broker applies to the destination's messages.
+    pub async fn max_age(&self, topic: bool, name: &str) -> Option<Duration> {
+        match self {
+            Self::Nats { js, .. } => {
+                Some(js.get_stream(name).await.ok()?.cached_info().config.max_age)
+            }
+            Self::Rabbitmq(r) => {
+                let p = self.policy(r, topic, name).await?;
+                let ms = p.definition.get("message-ttl")?.as_u64()?;
+                Some(Duration::from_millis(ms))
+            }
+        }
+    }
+
+    async fn policy(&self, r: &RabbitVhost, topic: bool, name: &str) -> Option<Policy> {
+        let queue = self.holding(topic, name);
+        r.api
+            .policy(&r.vhost, &format!("conveyor.{queue}"))
+            .await
+            .unwrap()
+    }
+
+    /// Changes the maximum age behind Conveyor's back.
+    pub async fn edit_max_age(&self, topic: bool, name: &str, age: Duration) {
+        match self {
+            Self::Nats { js, .. } => {
+                let mut s = js.get_stream(name).await.unwrap();
+                let mut c: stream::Config = s.info().await.unwrap().config.clone();
+                c.max_age = age;
+                js.update_stream(&c).await.unwrap();
+            }
+            Self::Rabbitmq(r) => {
+                let queue = self.holding(topic, name);
+                let mut p = self.policy(r, topic, name).await.expect("the policy");
+                p.definition
+                    .insert("message-ttl".into(), json!(age.as_millis() as u64));
+                r.api
+                    .put_policy(&r.vhost, &format!("conveyor.{queue}"), &p)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    /// Deletes the destination behind Conveyor's back.
+    pub async fn delete_outside(&self, topic: bool, name: &str) {
+        match self {
+            Self::Nats { js, .. } => {
+                js.delete_stream(name).await.unwrap();
+            }
+            Self::Rabbitmq(r) if topic => {
+                r.api.delete_exchange(&r.vhost, name).await.unwrap();
+            }
+            Self::Rabbitmq(r) => {
+                r.api.delete_queue(&r.vhost, name).await.unwrap();
+            }
+        }
+    }
+
+    /// Removes every message of a Queue.
+    pub async fn purge(&self, name: &str) {
+        match self {
+            Self::Nats { js, .. } => {
+                js.get_stream(name).await.unwrap().purge().await.unwrap();
+            }
+            Self::Rabbitmq(r) => {
+                r.api.purge_queue(&r.vhost, name).await.unwrap();
+            }
+        }
+    }
+
+    /// Creates a queue of `name` that Conveyor did not create.
+    pub async fn create_foreign_queue(&self, name: &str) {
+        match self {
+            Self::Nats { js, .. } => {
+                js.create_stream(stream::Config {
+                    name: name.to_string(),
+                    subjects: vec!["elsewhere.>".into()],
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            }
+            Self::Rabbitmq(r) => {
+                let args = json!({"x-queue-type": "classic"});
+                r.api
+                    .declare_queue(&r.vhost, name, true, args.as_object().unwrap())
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    /// Whether the foreign queue is as the test created it.
+    pub async fn foreign_queue_untouched(&self, name: &str) -> bool {
+        match self {
+            Self::Nats { js, .. } => {
+                let mut s = js.get_stream(name).await.unwrap();
+                let c = s.info().await.unwrap().config.clone();
+                c.subjects == ["elsewhere.>"] && !c.metadata.contains_key("conveyor.dev/owner")
+            }
+            Self::Rabbitmq(r) => {
+                let q = r.api.queue(&r.vhost, name).await.unwrap().unwrap();
+                q.queue_type.as_deref() == Some("classic")
+                    && !q.arguments.contains_key("x-conveyor-owner")
+                    && r.api
+                        .policy(&r.vhost, &format!("conveyor.{name}"))
+                        .await
+                        .unwrap()
+                        .is_none()
+            }
+        }
+    }
+
+    /// How many destinations the broker holds.
+    pub async fn count_queues(&self) -> usize {
+        match self {
+            Self::Nats { js, .. } => js.query_account().await.unwrap().streams,
+            Self::Rabbitmq(r) => r.api.queues(&r.vhost).await.unwrap().len(),
+        }
+    }
+}
