@@ -23,16 +23,26 @@ pub const MANAGER: &str = "conveyor";
 
 /// The labels that select a managed broker's pods. Stable for the Broker's lifetime.
 pub fn broker_selector(broker: &str) -> BTreeMap<String, String> {
+    software_selector("nats", broker)
+}
+
+/// The labels that select the pods of a managed broker running `software` (`nats`, `rabbitmq`).
+pub fn software_selector(software: &str, broker: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
-        (NAME.into(), "nats".into()),
+        (NAME.into(), software.into()),
         (INSTANCE.into(), broker.into()),
         (BROKER.into(), broker.into()),
     ])
 }
 
-/// Every label of an object that belongs to a managed broker.
+/// Every label of an object that belongs to a managed NATS broker.
 pub fn broker_labels(broker: &str) -> BTreeMap<String, String> {
-    let mut labels = broker_selector(broker);
+    software_labels("nats", broker)
+}
+
+/// Every label of an object that belongs to a managed broker running `software`.
+pub fn software_labels(software: &str, broker: &str) -> BTreeMap<String, String> {
+    let mut labels = software_selector(software, broker);
     labels.insert(COMPONENT.into(), "broker".into());
     labels.insert(MANAGED_BY.into(), MANAGER.into());
     labels

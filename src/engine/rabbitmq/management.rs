@@ -268,7 +268,9 @@ impl ManagementClient {
                 )));
             }
         };
-        if uri.authority().is_none() || uri.query().is_some() {
+        // No user:password@ in the URL: it would end up in error messages.
+        let authority = uri.authority().map(|a| a.as_str());
+        if authority.is_none_or(|a| a.contains('@')) || uri.query().is_some() {
             return Err(ManagementError::Config(format!(
                 "{base_url}: need scheme://host[:port][/prefix]"
             )));
@@ -598,11 +600,18 @@ impl ManagementClient {
         body: Option<Value>,
     ) -> Result<(StatusCode, Bytes)> {
         let uri = format!("{}{path}", self.base);
+        // A DELETE answers with no body; the purge endpoint (`.../contents`) refuses an
+        // `Accept: application/json` with 406.
+        let accept = if method == Method::DELETE {
+            "*/*"
+        } else {
+            "application/json"
+        };
         let mut request = Request::builder()
             .method(method)
             .uri(&uri)
             .header(AUTHORIZATION, self.auth.clone())
-            .header(ACCEPT, "application/json");
+            .header(ACCEPT, accept);
         let body = match body {
             Some(value) => {
                 request = request.header(CONTENT_TYPE, "application/json");
@@ -834,7 +843,13 @@ mod tests {
 
     #[test]
     fn settings_are_checked() {
-        for bad in ["ftp://h", "localhost:15672", "http://", "http://h/?x=1"] {
+        for bad in [
+            "ftp://h",
+            "localhost:15672",
+            "http://",
+            "http://h/?x=1",
+            "http://u:p@h",
+        ] {
             assert!(
                 matches!(
                     ManagementClient::new(bad, "u", "p", None),

@@ -27,6 +27,12 @@ use super::{
 const WATCH_PERIOD: Duration = Duration::from_secs(3);
 /// How long an AMQP handshake may take.
 const AMQP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a management request may take. Generous: RabbitMQ 3.10 leaves a quorum queue
+/// unusable when its declare is cut off by the client, and a declare on a busy node can take
+/// several seconds.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the watcher's health check may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One Broker's RabbitMQ: the management client, the virtual host, and what the watcher saw.
 pub struct RabbitConnection {
@@ -72,9 +78,11 @@ impl RabbitConnection {
                 ));
             }
         };
-        let api = ManagementClient::new(url, user, password, req.ca_pem.as_deref())?;
-        let health = Arc::new(Mutex::new(check(&api).await));
-        let watcher = tokio::spawn(watch(api.clone(), health.clone(), notifier));
+        let api = ManagementClient::new(url, user, password, req.ca_pem.as_deref())?
+            .with_timeout(REQUEST_TIMEOUT);
+        let checker = api.clone().with_timeout(CHECK_TIMEOUT);
+        let health = Arc::new(Mutex::new(check(&checker).await));
+        let watcher = tokio::spawn(watch(checker, health.clone(), notifier));
         Ok(Self {
             api,
             vhost: req.virtual_host.clone().unwrap_or_else(|| "/".into()),
