@@ -97,7 +97,7 @@ pub trait ManagedEngine: Sync {
 pub fn for_engine(engine: Engine) -> Option<&'static dyn ManagedEngine> {
     match engine {
         Engine::Nats => Some(&super::nats::managed::NatsManaged),
-        Engine::Rabbitmq => None,
+        Engine::Rabbitmq => Some(&super::rabbitmq::RabbitmqManaged),
     }
 }
 

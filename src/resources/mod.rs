@@ -5,3 +5,4 @@ pub mod managed;
 pub mod names;
 pub mod nats;
 pub mod quantity;
+pub mod rabbitmq;
