@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Conveyor's main job, locally: bring up the control plane and NATS, install the CRDs, run the
+# Conveyor's main job, locally: bring up the control plane, NATS and RabbitMQ, install the CRDs, run the
 # operator, apply the order-processing example and show what Conveyor reports about it.
 # Everything keeps running afterwards; `hack/cluster.sh down` stops all of it (the operator too).
 set -euo pipefail
@@ -45,7 +45,13 @@ echo "demo: operator ready (probes and metrics on http://127.0.0.1:$port)"
 
 kubectl apply -f examples/order-processing.yaml
 sed "s|\${NATS_URL}|$CONVEYOR_TEST_NATS_URL|" examples/local-broker.yaml | kubectl apply -f -
+sed -e "s|\${RABBITMQ_AMQP_URL}|$CONVEYOR_TEST_RABBITMQ_AMQP_URL|" \
+  -e "s|\${RABBITMQ_MANAGEMENT_URL}|$CONVEYOR_TEST_RABBITMQ_MANAGEMENT_URL|" \
+  -e "s|\${RABBITMQ_USER}|$CONVEYOR_TEST_RABBITMQ_USER|" \
+  -e "s|\${RABBITMQ_PASSWORD}|$CONVEYOR_TEST_RABBITMQ_PASSWORD|" \
+  examples/local-rabbitmq-broker.yaml | kubectl apply -f -
 kubectl wait --for=condition=Ready -n shop-local broker/local topic/orders queue/invoices --timeout=60s >/dev/null
+kubectl wait --for=condition=Ready -n shop-rabbitmq broker/local topic/orders queue/invoices --timeout=60s >/dev/null
 kubectl wait --for=condition=Ready -n shop broker/events --timeout=120s >/dev/null
 kubectl wait --for=jsonpath='{.status.observedGeneration}'=1 -n shop \
   topic/orders eventsubscription/payment eventsubscription/inventory eventsubscription/shipping \
@@ -54,12 +60,15 @@ echo
 kubectl get conveyor -n shop -o wide
 echo
 kubectl get conveyor -n shop-local -o wide
+echo
+kubectl get conveyor -n shop-rabbitmq -o wide
 cat <<MSG
 
 The managed Broker shop/events runs three NATS servers (kwok keeps their pods Ready without
 running them, so the operator cannot reach it: Reachable=False). shop-local/local is the
 plane's real nats-server: its Topic and Queue are real JetStream streams
-(topic_shop-local_orders, queue_shop-local_invoices).
+(topic_shop-local_orders, queue_shop-local_invoices). shop-rabbitmq/local is the plane's real
+rabbitmq-server: its Topic is a topic exchange and its Queue a quorum queue.
 The operator keeps running; its log is $CONVEYOR_CLUSTER_DIR/logs/conveyor.log.
   source .cluster/env; kubectl describe topic orders -n shop    # conditions in full
   hack/cluster.sh down                                            # stop everything

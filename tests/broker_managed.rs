@@ -7,83 +7,18 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::managed::{Volumes, owned_by_broker, patch_managed, wait_ready};
 use common::operator::Operator;
 use conveyor::api::Broker;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{
-    ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
-};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::storage::v1::StorageClass;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(90);
-
-/// A StorageClass without a provisioner and enough pre-made volumes for the test's claims, so
-/// that the claims bind and the scheduler places the pods. Cluster-scoped, so removed on drop.
-struct Volumes<'a> {
-    ns: &'a common::TestNamespace,
-    class: String,
-    names: Vec<String>,
-}
-
-impl<'a> Volumes<'a> {
-    async fn create(client: &Client, ns: &'a common::TestNamespace, count: usize) -> Self {
-        let class = format!("conveyor-{}", ns.name);
-        let classes: Api<StorageClass> = Api::all(client.clone());
-        let sc: StorageClass = serde_json::from_value(json!({
-            "metadata": {"name": class},
-            "provisioner": "kubernetes.io/no-provisioner",
-            "volumeBindingMode": "Immediate",
-            "reclaimPolicy": "Retain"
-        }))
-        .unwrap();
-        classes.create(&PostParams::default(), &sc).await.unwrap();
-        let pvs: Api<PersistentVolume> = Api::all(client.clone());
-        let mut names = Vec::new();
-        for i in 0..count {
-            let name = format!("{class}-{i}");
-            let pv: PersistentVolume = serde_json::from_value(json!({
-                "metadata": {"name": name},
-                "spec": {
-                    "capacity": {"storage": "1Gi"},
-                    "accessModes": ["ReadWriteOnce"],
-                    "storageClassName": class,
-                    "persistentVolumeReclaimPolicy": "Retain",
-                    "hostPath": {"path": format!("/nonexistent/conveyor-test/{name}")}
-                }
-            }))
-            .unwrap();
-            pvs.create(&PostParams::default(), &pv).await.unwrap();
-            names.push(name);
-        }
-        Self { ns, class, names }
-    }
-}
-
-impl Drop for Volumes<'_> {
-    fn drop(&mut self) {
-        // Drop cannot await, and the client belongs to the test's runtime: use kubectl.
-        let mut args = vec![
-            "delete",
-            "--wait=false",
-            "--ignore-not-found",
-            "persistentvolume",
-        ];
-        args.extend(self.names.iter().map(String::as_str));
-        self.ns.kubectl(&args);
-        self.ns.kubectl(&[
-            "delete",
-            "--wait=false",
-            "--ignore-not-found",
-            "storageclass",
-            &self.class,
-        ]);
-    }
-}
 
 fn managed(name: &str, class: &str, replicas: i32) -> Broker {
     serde_json::from_value(json!({
@@ -96,22 +31,6 @@ fn managed(name: &str, class: &str, replicas: i32) -> Broker {
         }
     }))
     .unwrap()
-}
-
-/// Waits until the Broker is Ready with `n` ready servers, and the StatefulSet has finished rolling.
-async fn wait_ready(brokers: &Api<Broker>, sets: &Api<StatefulSet>, n: i32) {
-    common::wait_for(&format!("Broker Ready with {n} servers"), T, || async {
-        let b = brokers.get("events").await.ok()?;
-        let s = b.status?;
-        let ready = s
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
-        let sts = sets.get("events-nats").await.ok()?.status?;
-        (ready && s.ready_replicas == Some(n) && sts.current_revision == sts.update_revision)
-            .then_some(())
-    })
-    .await;
 }
 
 async fn pods_hash(pods: &Api<Pod>) -> Vec<String> {
@@ -128,22 +47,6 @@ async fn pods_hash(pods: &Api<Pod>) -> Vec<String> {
                 .unwrap_or_default()
         })
         .collect()
-}
-
-/// Merge-patches `spec.managed` of the Broker `events`.
-async fn patch_managed(brokers: &Api<Broker>, managed: serde_json::Value) {
-    let patch = json!({"spec": {"managed": managed}});
-    brokers
-        .patch("events", &PatchParams::default(), &Patch::Merge(patch))
-        .await
-        .unwrap();
-}
-
-fn owned_by_broker(meta: &kube::api::ObjectMeta, broker: &Broker) -> bool {
-    meta.owner_references
-        .iter()
-        .flatten()
-        .any(|o| o.uid == broker.uid().unwrap() && o.controller == Some(true))
 }
 
 #[tokio::test]
@@ -171,7 +74,7 @@ async fn managed_broker_renders_rolls_scales_and_keeps_its_volumes() {
         )
         .await
         .unwrap();
-    wait_ready(&brokers, &sets, 3).await;
+    wait_ready(&brokers, &sets, "events-nats", 3).await;
     let broker = brokers.get("events").await.unwrap();
 
     // The StatefulSet: stable, clustered, restricted, with retained volumes.
@@ -291,11 +194,11 @@ async fn managed_broker_renders_rolls_scales_and_keeps_its_volumes() {
         (hashes.len() == 3 && hashes.iter().all(|h| !before.contains(h))).then_some(())
     })
     .await;
-    wait_ready(&brokers, &sets, 3).await;
+    wait_ready(&brokers, &sets, "events-nats", 3).await;
 
     // Scaling up works.
     patch_managed(&brokers, json!({"replicas": 5})).await;
-    wait_ready(&brokers, &sets, 5).await;
+    wait_ready(&brokers, &sets, "events-nats", 5).await;
 
     // Scaling down is refused: the operator cannot verify that no stream would lose replicas.
     patch_managed(&brokers, json!({"replicas": 3})).await;
@@ -313,7 +216,7 @@ async fn managed_broker_renders_rolls_scales_and_keeps_its_volumes() {
 
     // The explicit override lets it through.
     patch_managed(&brokers, json!({"allowUnsafeScaleDown": true})).await;
-    wait_ready(&brokers, &sets, 3).await;
+    wait_ready(&brokers, &sets, "events-nats", 3).await;
 
     // Deleting the Broker removes its servers but keeps the claims and the keys.
     brokers
@@ -364,7 +267,7 @@ async fn managed_broker_renders_rolls_scales_and_keeps_its_volumes() {
         )
         .await
         .unwrap();
-    wait_ready(&brokers, &sets, 3).await;
+    wait_ready(&brokers, &sets, "events-nats", 3).await;
     let conf = cm.get("events-nats-config").await.unwrap().data.unwrap()["nats.conf"].clone();
     assert!(
         conf.contains(&format!("operator: {operator_jwt:?}")),
@@ -405,7 +308,7 @@ async fn a_broker_with_delete_policy_takes_its_claims_and_keys_along() {
         .create(&PostParams::default(), &broker)
         .await
         .unwrap();
-    wait_ready(&brokers, &sets, 1).await;
+    wait_ready(&brokers, &sets, "events-nats", 1).await;
     let secrets: Api<Secret> = Api::namespaced(c.clone(), &ns.name);
     let created = brokers.get("events").await.unwrap();
     assert!(owned_by_broker(

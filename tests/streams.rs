@@ -447,6 +447,75 @@ async fn two_hundred_queues_applied_at_once_all_become_ready(engine: EngineKind)
         "{}: 200 Queues applied at once were all Ready after {elapsed:?}",
         env.engine().name()
     );
+    refresh_cost(&env, &names).await;
+}
+
+/// What one depth refresh of the 200 Queues costs: the operator's own engine connection checks
+/// each Queue in the broker as a refresh does, one after another.
+async fn refresh_cost(env: &Env, names: &[String]) {
+    use conveyor::engine::registry::{Auth, ConnectRequest, Registry};
+    use conveyor::engine::{DestinationKind, DestinationSpec, Discard, Engine, Storage, SyncMode};
+    let (spec, _) = env.broker.broker_spec();
+    let ext = &spec["external"];
+    let text = |v: &Value| v.as_str().map(str::to_string);
+    let (engine, auth) = match &env.broker {
+        TestBroker::Nats { .. } => (Engine::Nats, Auth::None),
+        TestBroker::Rabbitmq(r) => (
+            Engine::Rabbitmq,
+            Auth::UserPassword(r.plane.user.clone(), r.plane.password.clone()),
+        ),
+    };
+    let req = ConnectRequest {
+        engine,
+        urls: vec![text(&ext["urls"][0]).unwrap()],
+        management_url: text(&ext["rabbitmq"]["managementUrl"]),
+        virtual_host: text(&ext["rabbitmq"]["virtualHost"]),
+        auth,
+        only_listed_urls: true,
+        ..Default::default()
+    };
+    let registry = Registry::default();
+    let conn = registry
+        .connect(&("bench".into(), "events".into()), &req)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    for n in names {
+        let name = env.name_in_broker("queue", n);
+        let wanted = DestinationSpec {
+            kind: DestinationKind::Queue,
+            owner: format!("Queue {}/{n}", env.ns.name),
+            description: format!("Managed by Conveyor: Queue {}/{n}", env.ns.name),
+            name,
+            event_types: vec![],
+            max_age: Duration::ZERO,
+            max_messages: -1,
+            max_bytes: -1,
+            discard: Discard::Old,
+            replicas: 1,
+            storage: Storage::File,
+            deduplication_window: None,
+        };
+        let mode = SyncMode {
+            create: false,
+            repair: false,
+        };
+        let outcome = conn.ensure(&wanted, mode).await.unwrap();
+        assert!(
+            matches!(outcome, conveyor::engine::SyncOutcome::Unchanged(_)),
+            "{outcome:?}"
+        );
+    }
+    let per_queue = match engine {
+        Engine::Nats => 1,
+        Engine::Rabbitmq => 2,
+    };
+    eprintln!(
+        "{}: one depth refresh of 200 Queues: {} broker requests in {:?}",
+        env.engine().name(),
+        per_queue * names.len(),
+        started.elapsed()
+    );
 }
 on_both_engines!(two_hundred_queues_applied_at_once_all_become_ready);
 

@@ -4,5 +4,6 @@ pub mod labels;
 pub mod managed;
 pub mod names;
 pub mod nats;
+pub mod pods;
 pub mod quantity;
 pub mod rabbitmq;

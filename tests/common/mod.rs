@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod managed;
 pub mod nats;
 pub mod operator;
 pub mod proxy;

@@ -155,7 +155,8 @@ impl Connection {
     async fn info_of(&self, name: &str) -> Result<Option<stream::Info>, EngineError> {
         self.require_connected()?;
         match self.js().get_stream(name).await {
-            Ok(mut s) => s.info().await.map(|i| Some(i.clone())).map_err(request),
+            // get_stream already answered with the info: one request, not two.
+            Ok(s) => Ok(Some(s.cached_info().clone())),
             Err(e) => match e.kind() {
                 GetStreamErrorKind::JetStream(j)
                     if j.error_code() == ErrorCode::STREAM_NOT_FOUND =>

@@ -5,9 +5,8 @@ use serde_json::{Value, json};
 
 use super::Plan;
 use super::config::{CLIENT_PORT, CLUSTER_PORT, MONITOR_PORT};
-use crate::api::broker::VolumeDeletionPolicy;
 use crate::resources::labels::{self, broker_selector};
-use crate::resources::names::fnv1a;
+use crate::resources::pods;
 
 /// Mount points inside the server container.
 pub const CONFIG_DIR: &str = "/etc/nats";
@@ -19,21 +18,12 @@ pub const DEFAULT_VERSION: &str = "2.15.3";
 
 /// The container image of a managed broker.
 pub fn image(spec: &crate::api::broker::ManagedBroker) -> String {
-    spec.image.clone().unwrap_or_else(|| {
-        let version = spec.version.as_deref().unwrap_or(DEFAULT_VERSION);
-        format!("nats:{version}-alpine")
-    })
+    pods::image(spec, "nats", "-alpine", DEFAULT_VERSION)
 }
 
 /// The hash of everything in the configuration that needs a restart to take effect.
 pub fn config_hash(p: &Plan) -> String {
-    let tls = p
-        .spec
-        .tls
-        .as_ref()
-        .map(|t| t.secret_name.as_str())
-        .unwrap_or_default();
-    format!("{:016x}", fnv1a(&format!("{}\n{tls}", p.config)))
+    pods::config_hash(&p.config, p.spec)
 }
 
 fn probe(path: &str, period: i32, failures: i32) -> Value {
@@ -60,17 +50,6 @@ pub fn statefulset(p: &Plan) -> Result<StatefulSet, serde_json::Error> {
         mounts.push(json!({"name": "tls", "mountPath": TLS_DIR, "readOnly": true}));
         volumes.push(json!({"name": "tls", "secret": {"secretName": tls.secret_name}}));
     }
-    let when_deleted = match p.spec.storage.deletion_policy {
-        VolumeDeletionPolicy::Retain => "Retain",
-        VolumeDeletionPolicy::Delete => "Delete",
-    };
-    let mut claim_spec = json!({
-        "accessModes": ["ReadWriteOnce"],
-        "resources": {"requests": {"storage": p.spec.storage.size}}
-    });
-    if let Some(class) = &p.spec.storage.storage_class_name {
-        claim_spec["storageClassName"] = json!(class);
-    }
     let mut container = json!({
         "name": "nats",
         "image": image(p.spec),
@@ -88,18 +67,12 @@ pub fn statefulset(p: &Plan) -> Result<StatefulSet, serde_json::Error> {
         // The image's entrypoint execs nats-server, so it is PID 1: lame-duck mode hands the
         // clients over to the other servers before the pod stops.
         "lifecycle": {"preStop": {"exec": {"command": ["nats-server", "--signal", "ldm=1"]}}},
-        "securityContext": {
-            "allowPrivilegeEscalation": false,
-            "readOnlyRootFilesystem": true,
-            "runAsNonRoot": true,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"}
-        }
+        "securityContext": pods::restricted_container()
     });
+    container["securityContext"]["readOnlyRootFilesystem"] = json!(true);
     if let Some(resources) = &p.spec.resources {
         container["resources"] = serde_json::to_value(resources)?;
     }
-    let spread = |key: &str, when: &str| json!({"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": when, "labelSelector": {"matchLabels": selector}});
     let mut sts: StatefulSet = serde_json::from_value(json!({
         "spec": {
             "replicas": p.replicas,
@@ -107,7 +80,7 @@ pub fn statefulset(p: &Plan) -> Result<StatefulSet, serde_json::Error> {
             "podManagementPolicy": "Parallel",
             "updateStrategy": {"type": "RollingUpdate"},
             "selector": {"matchLabels": selector},
-            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": when_deleted, "whenScaled": "Retain"},
+            "persistentVolumeClaimRetentionPolicy": pods::claim_retention(p.spec),
             "template": {
                 "metadata": {"labels": pod_labels, "annotations": {labels::CONFIG_HASH: config_hash(p)}},
                 "spec": {
@@ -116,20 +89,11 @@ pub fn statefulset(p: &Plan) -> Result<StatefulSet, serde_json::Error> {
                     "terminationGracePeriodSeconds": 60,
                     "enableServiceLinks": false,
                     "automountServiceAccountToken": false,
-                    "securityContext": {
-                        "runAsNonRoot": true,
-                        "runAsUser": 1000,
-                        "runAsGroup": 1000,
-                        "fsGroup": 1000,
-                        "seccompProfile": {"type": "RuntimeDefault"}
-                    },
-                    "topologySpreadConstraints": [
-                        spread("kubernetes.io/hostname", "DoNotSchedule"),
-                        spread("topology.kubernetes.io/zone", "ScheduleAnyway")
-                    ]
+                    "securityContext": pods::restricted_pod(1000),
+                    "topologySpreadConstraints": pods::spread(&selector)
                 }
             },
-            "volumeClaimTemplates": [{"metadata": {"name": "data", "labels": selector}, "spec": claim_spec}]
+            "volumeClaimTemplates": [pods::data_claim(p.spec, &selector)]
         }
     }))?;
     sts.metadata = p.meta(&p.names.servers);

@@ -7,9 +7,9 @@ use super::config::{
     AMQP_PORT, AMQPS_PORT, DIST_PORT, EPMD_PORT, MANAGEMENT_PORT, MANAGEMENT_TLS_PORT,
 };
 use super::{DEFAULT_VERSION, Plan, SOFTWARE, keys};
-use crate::api::broker::{ManagedBroker, VolumeDeletionPolicy};
+use crate::api::broker::ManagedBroker;
 use crate::resources::labels::{self, software_labels};
-use crate::resources::names::fnv1a;
+use crate::resources::pods;
 
 /// Mount points inside the node's container.
 pub const CONF_DIR: &str = "/etc/rabbitmq/conf.d";
@@ -24,31 +24,7 @@ const RABBITMQ_UID: i64 = 999;
 
 /// The container image of a managed broker.
 pub fn image(spec: &ManagedBroker) -> String {
-    spec.image.clone().unwrap_or_else(|| {
-        let version = spec.version.as_deref().unwrap_or(DEFAULT_VERSION);
-        format!("rabbitmq:{version}")
-    })
-}
-
-/// The hash of everything that needs a restart to take effect.
-pub fn config_hash(p: &Plan) -> String {
-    let tls = p
-        .input
-        .spec
-        .tls
-        .as_ref()
-        .map(|t| t.secret_name.as_str())
-        .unwrap_or_default();
-    format!("{:016x}", fnv1a(&format!("{}\n{tls}", p.config)))
-}
-
-fn restricted() -> Value {
-    json!({
-        "allowPrivilegeEscalation": false,
-        "runAsNonRoot": true,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"}
-    })
+    pods::image(spec, "rabbitmq", "", DEFAULT_VERSION)
 }
 
 fn ports(p: &Plan) -> Vec<Value> {
@@ -114,7 +90,7 @@ fn node_container(p: &Plan) -> Result<Value, serde_json::Error> {
         // a node whose quorum queues would lose their majority.
         "lifecycle": {"preStop": {"exec": {"command": ["/bin/sh", "-c",
             "rabbitmq-upgrade await_online_quorum_plus_one -t 3000; rabbitmq-upgrade drain -t 3000"]}}},
-        "securityContext": restricted()
+        "securityContext": pods::restricted_container()
     });
     if let Some(resources) = &p.input.spec.resources {
         container["resources"] = serde_json::to_value(resources)?;
@@ -135,7 +111,7 @@ fn cookie_container(p: &Plan) -> Value {
             {"name": "cookie", "mountPath": COOKIE_DIR, "readOnly": true},
             {"name": "home", "mountPath": HOME_DIR}
         ],
-        "securityContext": restricted()
+        "securityContext": pods::restricted_container()
     })
 }
 
@@ -146,19 +122,7 @@ pub fn statefulset(p: &Plan) -> Result<StatefulSet, serde_json::Error> {
     let selector = p.selector();
     let mut pod_labels = software_labels(SOFTWARE, p.input.broker);
     pod_labels.extend(selector.clone());
-    let storage = &p.input.spec.storage;
-    let when_deleted = match storage.deletion_policy {
-        VolumeDeletionPolicy::Retain => "Retain",
-        VolumeDeletionPolicy::Delete => "Delete",
-    };
-    let mut claim_spec = json!({
-        "accessModes": ["ReadWriteOnce"],
-        "resources": {"requests": {"storage": storage.size}}
-    });
-    if let Some(class) = &storage.storage_class_name {
-        claim_spec["storageClassName"] = json!(class);
-    }
-    let spread = |key: &str, when: &str| json!({"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": when, "labelSelector": {"matchLabels": selector}});
+    let spec = p.input.spec;
     let mut sts: StatefulSet = serde_json::from_value(json!({
         "spec": {
             "replicas": p.input.replicas,
@@ -166,9 +130,9 @@ pub fn statefulset(p: &Plan) -> Result<StatefulSet, serde_json::Error> {
             "podManagementPolicy": "Parallel",
             "updateStrategy": {"type": "RollingUpdate"},
             "selector": {"matchLabels": selector},
-            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": when_deleted, "whenScaled": "Retain"},
+            "persistentVolumeClaimRetentionPolicy": pods::claim_retention(spec),
             "template": {
-                "metadata": {"labels": pod_labels, "annotations": {labels::CONFIG_HASH: config_hash(p)}},
+                "metadata": {"labels": pod_labels, "annotations": {labels::CONFIG_HASH: pods::config_hash(&p.config, spec)}},
                 "spec": {
                     "serviceAccountName": p.names.servers,
                     "initContainers": [cookie_container(p)],
@@ -176,20 +140,11 @@ pub fn statefulset(p: &Plan) -> Result<StatefulSet, serde_json::Error> {
                     "volumes": volumes(p),
                     "terminationGracePeriodSeconds": 3600,
                     "enableServiceLinks": false,
-                    "securityContext": {
-                        "runAsNonRoot": true,
-                        "runAsUser": RABBITMQ_UID,
-                        "runAsGroup": RABBITMQ_UID,
-                        "fsGroup": RABBITMQ_UID,
-                        "seccompProfile": {"type": "RuntimeDefault"}
-                    },
-                    "topologySpreadConstraints": [
-                        spread("kubernetes.io/hostname", "DoNotSchedule"),
-                        spread("topology.kubernetes.io/zone", "ScheduleAnyway")
-                    ]
+                    "securityContext": pods::restricted_pod(RABBITMQ_UID),
+                    "topologySpreadConstraints": pods::spread(&selector)
                 }
             },
-            "volumeClaimTemplates": [{"metadata": {"name": "data", "labels": selector}, "spec": claim_spec}]
+            "volumeClaimTemplates": [pods::data_claim(spec, &selector)]
         }
     }))?;
     sts.metadata = p.meta(&p.names.servers);
