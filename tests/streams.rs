@@ -715,6 +715,78 @@ async fn topic_events_are_routed_by_type_and_none_vanish_on_rabbitmq() {
 }
 
 #[tokio::test]
+async fn a_topic_is_repaired_on_rabbitmq_and_a_foreign_exchange_left_alone() {
+    let env = env!(
+        EngineKind::Rabbitmq,
+        "topic-drift",
+        &["--stream-refresh-seconds", "2"]
+    );
+    let TestBroker::Rabbitmq(r) = &env.broker else {
+        unreachable!()
+    };
+    create_orders_topic(&env, &["OrderPlaced"]).await;
+    wait_condition(&env.topics, "orders", "Ready", "True", T).await;
+    let exchange = env.name_in_broker("topic", "orders");
+    let unrouted = format!("{exchange}.unrouted");
+
+    // The unrouted-event queue and the exchange deleted outside Conveyor: both come back.
+    r.api.delete_queue(&r.vhost, &unrouted).await.unwrap();
+    common::wait_for("the unrouted queue to be recreated", T, || async {
+        r.api.queue(&r.vhost, &unrouted).await.ok()?.map(|_| ())
+    })
+    .await;
+    env.broker.delete_outside(true, &exchange).await;
+    common::wait_for("the exchange to be recreated", T, || async {
+        let e = r.api.exchange(&r.vhost, &exchange).await.ok()??;
+        (e.exchange_type == "topic").then_some(())
+    })
+    .await;
+    assert!(
+        common::event_reasons(&env.plane, &env.ns.name, "orders")
+            .await
+            .iter()
+            .any(|e| e == "DriftRepaired")
+    );
+
+    // A topic exchange of the same name that Conveyor did not make is not taken over.
+    let foreign = env.name_in_broker("topic", "foreign");
+    r.api
+        .declare_exchange(&r.vhost, &foreign, "topic", true, &serde_json::Map::new())
+        .await
+        .unwrap();
+    let topic: Topic = serde_json::from_value(json!({
+        "apiVersion": "conveyor.dev/v1alpha1", "kind": "Topic", "metadata": {"name": "foreign"},
+        "spec": {"brokerRef": {"name": "events"}, "deletionPolicy": "Delete"}
+    }))
+    .unwrap();
+    env.topics
+        .create(&PostParams::default(), &topic)
+        .await
+        .unwrap();
+    let (reason, message) = wait_condition(&env.topics, "foreign", "Ready", "False", T).await;
+    assert_eq!(reason, "Conflict");
+    assert!(message.contains("not created by Conveyor"), "{message}");
+    env.topics
+        .delete("foreign", &DeleteParams::default())
+        .await
+        .unwrap();
+    common::wait_for("the Topic to be deleted", T, || async {
+        env.topics
+            .get_opt("foreign")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let kept = r.api.exchange(&r.vhost, &foreign).await.unwrap();
+    assert!(
+        kept.is_some_and(|e| !e.arguments.contains_key("x-conveyor-owner")),
+        "the foreign exchange is untouched"
+    );
+}
+
+#[tokio::test]
 async fn settings_rabbitmq_cannot_honour_are_named_in_a_condition() {
     let env = env!(EngineKind::Rabbitmq, "stream-unsupported");
     env.create_queue(

@@ -93,11 +93,11 @@ pub trait ManagedEngine: Sync {
     fn plan(&self, input: &ManagedInput) -> Result<ManagedPlan, PlanError>;
 }
 
-/// The strategy of `engine`, or `None` when this build cannot run that engine's brokers.
-pub fn for_engine(engine: Engine) -> Option<&'static dyn ManagedEngine> {
+/// The strategy of `engine`.
+pub fn for_engine(engine: Engine) -> &'static dyn ManagedEngine {
     match engine {
-        Engine::Nats => Some(&super::nats::managed::NatsManaged),
-        Engine::Rabbitmq => Some(&super::rabbitmq::RabbitmqManaged),
+        Engine::Nats => &super::nats::managed::NatsManaged,
+        Engine::Rabbitmq => &super::rabbitmq::RabbitmqManaged,
     }
 }
 

@@ -21,15 +21,15 @@ use crate::controller::error::{Error, Result};
 use crate::controller::refs;
 use crate::engine::registry::ConnectRequest;
 use crate::resources::labels::broker_labels;
-use crate::resources::managed::{self, ManagedEngine, ManagedInput, ManagedObjects, PlanError};
+use crate::resources::managed::{
+    self, ManagedEngine, ManagedInput, ManagedObjects, ManagedPlan, PlanError,
+};
 
 pub async fn reconcile(obj: &Broker, ctx: &Context) -> Result<Observed> {
     let Some(spec) = &obj.spec.managed else {
         return Ok(Observed::default());
     };
-    let Some(engine) = managed::for_engine(obj.spec.engine) else {
-        return Ok(not_supported(obj));
-    };
+    let engine = managed::for_engine(obj.spec.engine);
     let ns = obj.namespace().unwrap_or_default();
     let ca_pem = match tls_ca(ctx, &ns, engine, spec).await? {
         Ok(ca) => ca,
@@ -49,11 +49,25 @@ pub async fn reconcile(obj: &Broker, ctx: &Context) -> Result<Observed> {
         secret: secret.as_ref(),
         ca_pem,
     };
-    let wanted = engine.plan(&input).map_err(plan_error)?;
-    let current = current_replicas(ctx, &ns, &engine.statefulset_name(input.broker)).await?;
-    let decision = decide_replicas(ctx, obj, spec, current, &wanted.connect).await;
+    let (plan, decision) = plan_replicas(ctx, obj, engine, &input).await?;
+    let sts = apply_objects(ctx, &ns, &plan.objects).await?;
+    let probed = probe(ctx, &super::key(obj), &plan.connect).await;
+    Ok(observed(obj, &plan, &sts, probed, &decision))
+}
+
+/// The plan for the spec's replicas, or for the current ones while a scale-down is refused.
+async fn plan_replicas(
+    ctx: &Context,
+    obj: &Broker,
+    engine: &dyn ManagedEngine,
+    input: &ManagedInput<'_>,
+) -> Result<(ManagedPlan, Decision)> {
+    let wanted = engine.plan(input).map_err(plan_error)?;
+    let sts = engine.statefulset_name(input.broker);
+    let current = current_replicas(ctx, input.namespace, &sts).await?;
+    let decision = decide_replicas(ctx, obj, input.spec, current, &wanted.connect).await;
     let plan = match &decision {
-        Decision::Refuse { keep, .. } if *keep != spec.replicas => engine
+        Decision::Refuse { keep, .. } if *keep != input.spec.replicas => engine
             .plan(&ManagedInput {
                 replicas: *keep,
                 ..input.clone()
@@ -61,46 +75,32 @@ pub async fn reconcile(obj: &Broker, ctx: &Context) -> Result<Observed> {
             .map_err(plan_error)?,
         _ => wanted,
     };
-    let sts = apply_objects(ctx, &ns, &plan.objects).await?;
-    let probed = probe(ctx, &super::key(obj), &plan.connect).await;
-    let replicas = plan
-        .objects
-        .statefulset
-        .spec
-        .replicas
-        .unwrap_or(spec.replicas);
-    let mut conds = vec![refs::resolved(), probed.reachable];
-    conds.extend(server_conditions(
-        &sts,
-        replicas,
-        was_available(obj),
-        &decision,
-    ));
-    Ok(Observed {
-        conditions: conds,
-        replicas: Some(replicas),
-        ready_replicas: Some(
-            sts.status
-                .as_ref()
-                .and_then(|s| s.ready_replicas)
-                .unwrap_or(0),
-        ),
-        endpoint: Some(plan.endpoint),
-        info: probed.info,
-    })
+    Ok((plan, decision))
 }
 
-fn not_supported(obj: &Broker) -> Observed {
-    let msg = format!(
-        "this build of Conveyor cannot run managed {} brokers yet; use spec.external",
-        obj.spec.engine.product()
-    );
+/// What the pass found: the connection's verdict and the servers' state.
+fn observed(
+    obj: &Broker,
+    plan: &ManagedPlan,
+    sts: &StatefulSet,
+    probed: super::Probe,
+    decision: &Decision,
+) -> Observed {
+    let replicas = plan.objects.statefulset.spec.replicas.unwrap_or(1);
+    let mut conditions = vec![refs::resolved(), probed.reachable];
+    conditions.extend(server_conditions(
+        sts,
+        replicas,
+        was_available(obj),
+        decision,
+    ));
+    let ready = sts.status.as_ref().and_then(|s| s.ready_replicas);
     Observed {
-        conditions: vec![
-            refs::resolved(),
-            Desired::is_false(ConditionType::Ready, Reason::NotSupported, msg),
-        ],
-        ..Default::default()
+        conditions,
+        replicas: Some(replicas),
+        ready_replicas: Some(ready.unwrap_or(0)),
+        endpoint: Some(plan.endpoint.clone()),
+        info: probed.info,
     }
 }
 
