@@ -32,7 +32,7 @@ else
   echo "$bin" >"$pids/conveyor.exe"
   echo "$port" >"$CONVEYOR_CLUSTER_DIR/conveyor.port"
 fi
-for _ in $(seq 150); do
+for _ in $(seq 600); do
   curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
   sleep 0.2
 done
