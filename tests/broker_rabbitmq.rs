@@ -114,3 +114,62 @@ async fn an_external_rabbitmq_reports_itself_and_follows_the_broker() {
     assert_eq!(reason, "DestinationNotAllowed");
     assert!(message.contains("10.255.0.1"), "{message}");
 }
+
+#[tokio::test]
+async fn an_external_rabbitmq_over_tls_trusts_only_the_given_ca() {
+    let (plane, ns) = setup!("broker-rabbitmq-tls");
+    let Some(rabbit) = common::broker::RabbitPlane::from_env() else {
+        return;
+    };
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let (Some(https), Some(amqps), Some(ca_file)) = (
+        var("CONVEYOR_TEST_RABBITMQ_TLS_MANAGEMENT_URL"),
+        var("CONVEYOR_TEST_RABBITMQ_AMQPS_URL"),
+        var("CONVEYOR_TEST_RABBITMQ_CA_FILE"),
+    ) else {
+        common::skip("the plane's RabbitMQ has no TLS listeners: run `hack/cluster.sh up`");
+        return;
+    };
+    let ca = std::fs::read_to_string(ca_file).unwrap();
+    common::install_crds(&plane).await;
+    let _op = Operator::start_with(
+        &plane,
+        &ns.name,
+        "rabbitmq-tls",
+        &["--allowed-broker-destinations", "127.0.0.1/32"],
+    );
+    let api: Api<Broker> = Api::namespaced(plane.client.clone(), &ns.name);
+    secret(
+        &plane,
+        &ns.name,
+        "creds",
+        json!({"user": rabbit.user, "password": rabbit.password}),
+    )
+    .await;
+    secret(&plane, &ns.name, "ca", json!({"ca.crt": ca})).await;
+    let spec = |tls: Value| {
+        json!({"engine": "rabbitmq", "external": {
+            "urls": [amqps], "credentialsSecretRef": {"name": "creds"}, "tls": tls,
+            "rabbitmq": {"managementUrl": https}
+        }})
+    };
+    create(
+        &api,
+        "trusted",
+        spec(json!({"caSecretRef": {"name": "ca"}})),
+    )
+    .await;
+    wait_condition(&api, "trusted", "Ready", "True", T).await;
+    let status = api.get("trusted").await.unwrap().status.unwrap();
+    let rabbit_status = status.rabbitmq.unwrap();
+    assert!(
+        rabbit_status.management_api && rabbit_status.amqp,
+        "{rabbit_status:?}"
+    );
+
+    // Without the CA the system roots do not know the plane's CA: refused, and said so.
+    create(&api, "untrusted", spec(json!({}))).await;
+    let (reason, message) = wait_condition(&api, "untrusted", "Reachable", "False", T).await;
+    assert_eq!(reason, "Unreachable");
+    assert!(message.to_lowercase().contains("certificate"), "{message}");
+}
