@@ -816,3 +816,23 @@ async fn settings_rabbitmq_cannot_honour_are_named_in_a_condition() {
         "kept on disk as a quorum queue"
     );
 }
+
+#[tokio::test]
+async fn an_object_with_the_longest_name_still_gets_its_events() {
+    let env = env!(EngineKind::Nats, "stream-long-name");
+    // 253 characters: the longest name Kubernetes allows, in dotted parts of at most 63.
+    let part = "a".repeat(62);
+    let name = format!("{part}.{part}.{part}.{part}.q");
+    assert_eq!(name.len(), 253);
+    env.create_queue(&name, json!({})).await;
+    wait_condition(&env.queues, &name, "Ready", "True", T).await;
+    let reasons = common::wait_for("the Queue's StreamCreated Event", T, || async {
+        let reasons = common::event_reasons(&env.plane, &env.ns.name, &name).await;
+        reasons
+            .iter()
+            .any(|r| r == "StreamCreated")
+            .then_some(reasons)
+    })
+    .await;
+    assert!(reasons.iter().any(|r| r == "StreamCreated"), "{reasons:?}");
+}

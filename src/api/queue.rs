@@ -49,7 +49,7 @@ use super::stream::{NAME_IN_BROKER_PATTERN, StreamStatus};
 )]
 #[x_kube(
     validation = Rule::new("has(self.nameInBroker) == has(oldSelf.nameInBroker)").message("spec.nameInBroker cannot be added or removed after creation"),
-    validation = Rule::new("!has(self.retention) || !has(self.retention.maxAge) || !has(self.deduplicationWindow) || duration(self.deduplicationWindow) <= duration(self.retention.maxAge)").message("spec.deduplicationWindow must not be longer than spec.retention.maxAge")
+    validation = Rule::new("!has(self.retention) || !has(self.retention.maxAge) || !has(self.deduplicationWindow) || !self.retention.maxAge.matches('^([0-9]+(\\\\.[0-9]+)?(ms|s|m|h))+$') || !self.deduplicationWindow.matches('^([0-9]+(\\\\.[0-9]+)?(ms|s|m|h))+$') || duration(self.deduplicationWindow) <= duration(self.retention.maxAge)").message("spec.deduplicationWindow must not be longer than spec.retention.maxAge")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct QueueSpec {

@@ -52,7 +52,7 @@ pub const EVENT_TYPE_PATTERN: &str = r"^[A-Za-z][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)
 )]
 #[x_kube(
     validation = Rule::new("has(self.nameInBroker) == has(oldSelf.nameInBroker)").message("spec.nameInBroker cannot be added or removed after creation"),
-    validation = Rule::new("!has(self.retention) || !has(self.retention.maxAge) || !has(self.deduplicationWindow) || duration(self.deduplicationWindow) <= duration(self.retention.maxAge)").message("spec.deduplicationWindow must not be longer than spec.retention.maxAge")
+    validation = Rule::new("!has(self.retention) || !has(self.retention.maxAge) || !has(self.deduplicationWindow) || !self.retention.maxAge.matches('^([0-9]+(\\\\.[0-9]+)?(ms|s|m|h))+$') || !self.deduplicationWindow.matches('^([0-9]+(\\\\.[0-9]+)?(ms|s|m|h))+$') || duration(self.deduplicationWindow) <= duration(self.retention.maxAge)").message("spec.deduplicationWindow must not be longer than spec.retention.maxAge")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TopicSpec {

@@ -137,7 +137,11 @@ async fn reconcile<K: Reconcile>(
 fn from_finalizer(err: finalizer::Error<Error>) -> Error {
     match err {
         finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
-        finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => Error::Kube(e),
+        // The finalizer list is patched with a JSON-patch test of its previous value; a 422
+        // there means another writer (a previous operator process) changed it first.
+        finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => {
+            Error::FinalizerRace(e)
+        }
         other => Error::Finalizer(other.to_string()),
     }
 }
@@ -168,12 +172,8 @@ fn error_policy<K: Reconcile>(
         secondary: None,
     };
     let reference = object_ref::<K>(meta);
-    let recorder = ctx.recorder.clone();
-    tokio::spawn(async move {
-        if let Err(e) = recorder.publish(&event, &reference).await {
-            tracing::debug!(error = %e, "publishing an Event failed");
-        }
-    });
+    let events_ctx = ctx.clone();
+    tokio::spawn(async move { super::events::publish(&events_ctx, &event, &reference).await });
     if err.is_permanent() {
         Action::await_change()
     } else {
@@ -181,7 +181,7 @@ fn error_policy<K: Reconcile>(
     }
 }
 
-/// Publishes an Event about `obj`; a failure to publish is logged, never fatal.
+/// Publishes an Event about `obj`; a failure to publish is logged at warn, never fatal.
 pub async fn publish<K: Reconcile>(
     ctx: &Context,
     obj: &K,
@@ -196,13 +196,7 @@ pub async fn publish<K: Reconcile>(
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = ctx
-        .recorder
-        .publish(&event, &object_ref::<K>(obj.meta()))
-        .await
-    {
-        tracing::debug!(error = %e, "publishing an Event failed");
-    }
+    super::events::publish(ctx, &event, &object_ref::<K>(obj.meta())).await;
 }
 
 fn truncate(s: &str, max: usize) -> String {

@@ -18,6 +18,10 @@ pub enum Error {
     /// The object in the cluster is malformed (it did not deserialize).
     #[error("malformed object: {0}")]
     Malformed(String),
+    /// Adding or removing the finalizer failed: a lost JSON-patch race (another writer changed
+    /// the list first) or another API error. Retried.
+    #[error("updating the finalizer: {0}")]
+    FinalizerRace(kube::Error),
     /// The finalizer machinery failed.
     #[error("finalizer: {0}")]
     Finalizer(String),
@@ -45,6 +49,10 @@ impl Error {
             Self::Kube(_) => "kubernetes",
             Self::Serialize { .. } => "serialize",
             Self::Malformed(_) => "malformed",
+            Self::FinalizerRace(kube::Error::Api(s)) if s.code == 422 || s.code == 409 => {
+                "conflict"
+            }
+            Self::FinalizerRace(_) => "kubernetes",
             Self::Finalizer(_) => "finalizer",
             Self::Credentials(_) => "credentials",
             Self::Engine(e) => e.category(),
@@ -81,6 +89,14 @@ mod tests {
         assert_eq!(Error::Malformed("x".into()).category(), "malformed");
         let down = crate::engine::EngineError::Unreachable("x".into());
         assert_eq!(Error::Engine(down).category(), "broker-unreachable");
+    }
+
+    #[test]
+    fn a_lost_finalizer_patch_is_a_conflict_not_bad_input() {
+        let status = kube::core::Status::failure("test failed", "Invalid").with_code(422);
+        let lost = Error::FinalizerRace(kube::Error::Api(Box::new(status)));
+        assert_eq!(lost.category(), "conflict");
+        assert!(!lost.is_permanent());
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod broker;
 pub mod context;
 pub mod driver;
 pub mod error;
+pub mod events;
 pub mod refs;
 pub mod status;
 pub mod stream;

@@ -348,6 +348,20 @@ pub fn invalid_cases() -> Vec<Invalid> {
             r#"spec.driftPolicy: Unsupported value: "Ignore""#,
         ),
         invalid(
+            "queue-max-age-in-words-with-a-dedup-window",
+            Queue,
+            queue(),
+            json!({"retention": {"maxAge": "7 days"}, "deduplicationWindow": "2m"}),
+            "spec.retention.maxAge in body should match",
+        ),
+        invalid(
+            "topic-dedup-window-in-words-with-a-max-age",
+            Topic,
+            topic(),
+            json!({"retention": {"maxAge": "1h"}, "deduplicationWindow": "two minutes"}),
+            "spec.deduplicationWindow in body should match",
+        ),
+        invalid(
             "queue-max-age-in-words",
             Queue,
             queue(),
