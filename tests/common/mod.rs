@@ -12,6 +12,7 @@ pub mod managed;
 pub mod nats;
 pub mod operator;
 pub mod proxy;
+pub mod streams;
 
 use std::collections::HashMap;
 use std::future::Future;
