@@ -371,3 +371,76 @@ async fn refresh_cost(env: &Env, names: &[String]) {
     );
 }
 on_both_engines!(two_hundred_queues_applied_at_once_all_become_ready);
+
+async fn deleting_the_namespace_deletes_what_the_policies_say(engine: EngineKind) {
+    let env = stream_env!(engine, "namespace-delete");
+    env.create_queue("gone", json!({"deletionPolicy": "Delete"}))
+        .await;
+    env.create_queue("kept", json!({"deletionPolicy": "Retain"}))
+        .await;
+    wait_condition(&env.queues, "gone", "Ready", "True", T).await;
+    wait_condition(&env.queues, "kept", "Ready", "True", T).await;
+    let (gone, kept) = (
+        env.name_in_broker("queue", "gone"),
+        env.name_in_broker("queue", "kept"),
+    );
+    delete_namespace_and_wait(&env).await;
+    assert!(
+        !env.broker.exists(false, &gone).await,
+        "the Delete queue went with the namespace"
+    );
+    assert!(
+        env.broker.exists(false, &kept).await,
+        "the Retain queue stays in the broker"
+    );
+}
+on_both_engines!(deleting_the_namespace_deletes_what_the_policies_say);
+
+#[tokio::test]
+async fn a_namespace_deleted_while_the_operator_is_down_still_deletes_its_queues() {
+    // The grace period counts from the deletion, so it must outlast the operator's downtime.
+    let mut env = stream_env!(
+        EngineKind::Nats,
+        "namespace-delete-operator-down",
+        &["--unreachable-deletion-grace-seconds", "120"]
+    );
+    env.create_queue("gone", json!({"deletionPolicy": "Delete"}))
+        .await;
+    wait_condition(&env.queues, "gone", "Ready", "True", T).await;
+    let gone = env.name_in_broker("queue", "gone");
+    env.stop_operator();
+    env.ns
+        .kubectl(&["delete", "namespace", &env.ns.name, "--wait=false"]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        env.broker.exists(false, &gone).await,
+        "nothing is deleted while the operator is down"
+    );
+    env.start_operator();
+    wait_namespace_gone(&env).await;
+    assert!(!env.broker.exists(false, &gone).await);
+}
+
+async fn delete_namespace_and_wait(env: &Env) {
+    env.ns
+        .kubectl(&["delete", "namespace", &env.ns.name, "--wait=false"]);
+    wait_namespace_gone(env).await;
+}
+
+async fn wait_namespace_gone(env: &Env) {
+    use k8s_openapi::api::core::v1::Namespace;
+    let namespaces: kube::Api<Namespace> = kube::Api::all(env.plane.client.clone());
+    common::wait_for(
+        "the namespace to be deleted",
+        Duration::from_secs(120),
+        || async {
+            namespaces
+                .get_opt(&env.ns.name)
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+}

@@ -19,7 +19,9 @@ pub struct Env {
     pub plane: Plane,
     pub ns: TestNamespace,
     pub broker: TestBroker,
-    _op: Operator,
+    pub op: Option<Operator>,
+    test: String,
+    args: Vec<String>,
     pub queues: Api<Queue>,
     pub topics: Api<Topic>,
     pub brokers: Api<Broker>,
@@ -37,20 +39,22 @@ impl Env {
     ) -> Option<Self> {
         let broker = TestBroker::start(engine, &ns.name).await?;
         super::install_crds(&plane).await;
-        let mut args = vec![
-            "--allowed-broker-destinations",
-            "127.0.0.1/32",
-            "--unreachable-deletion-grace-seconds",
-            "3",
-        ];
+        let mut args = vec!["--allowed-broker-destinations", "127.0.0.1/32"];
+        let grace = "--unreachable-deletion-grace-seconds";
+        if !extra.contains(&grace) {
+            args.extend([grace, "3"]);
+        }
         args.extend_from_slice(extra);
         let op = Operator::start_with(&plane, &ns.name, test, &args);
+        let args = args.iter().map(|a| a.to_string()).collect();
         let c = plane.client.clone();
         let env = Self {
             queues: Api::namespaced(c.clone(), &ns.name),
             topics: Api::namespaced(c.clone(), &ns.name),
             brokers: Api::namespaced(c, &ns.name),
-            _op: op,
+            op: Some(op),
+            test: test.to_string(),
+            args,
             broker,
             ns,
             plane,
@@ -78,6 +82,26 @@ impl Env {
             .unwrap();
         wait_condition(&env.brokers, "events", "Ready", "True", T).await;
         Some(env)
+    }
+
+    /// Stops the operator (SIGTERM) and waits for it to exit.
+    pub fn stop_operator(&mut self) {
+        if let Some(mut op) = self.op.take() {
+            op.signal("-TERM");
+            op.wait_exit(Duration::from_secs(20))
+                .expect("the operator exits on SIGTERM");
+        }
+    }
+
+    /// Starts the operator again with the same arguments.
+    pub fn start_operator(&mut self) {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.op = Some(Operator::start_with(
+            &self.plane,
+            &self.ns.name,
+            &self.test,
+            &args,
+        ));
     }
 
     pub fn engine(&self) -> EngineKind {

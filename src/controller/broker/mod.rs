@@ -3,6 +3,7 @@
 //! credentials are checked (`external`); then both connect through the shared per-Broker
 //! connection and report what the broker says about itself.
 
+pub mod cleanup;
 pub mod external;
 pub mod managed;
 pub mod scale;
@@ -26,8 +27,9 @@ use super::driver::{Reconcile, scoped_api};
 use super::error::Result;
 use super::status::{api_for, apply_status};
 use crate::api::broker::{JetStreamLimits, NatsStatus, RabbitmqStatus};
+use crate::api::common::BrokerReference;
 use crate::api::conditions::{ConditionType, Desired, Reason, merge};
-use crate::api::{Broker, BrokerStatus};
+use crate::api::{Broker, BrokerStatus, Queue, Topic};
 use crate::engine::registry::{BrokerKey, ConnectRequest};
 use crate::engine::{BrokerInfo, EngineError, EngineFacts};
 use crate::resources::labels;
@@ -67,10 +69,21 @@ pub fn key(obj: &Broker) -> BrokerKey {
     (obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
-/// Brokers have no finalizer: nothing outside the cluster needs undoing when one goes (its
-/// objects are garbage-collected through owner references), and the connection of a deleted
-/// Broker is dropped by `drop_stale_connections`.
+/// A Broker's own objects are garbage-collected through owner references; its finalizer
+/// (`cleanup`) keeps it, and its connection, until the Queues and Topics that use it have
+/// deleted what their policy says to delete in the broker.
 impl Reconcile for Broker {
+    const FINALIZER: Option<&'static str> = Some(cleanup::BROKER_FINALIZER);
+
+    async fn cleanup(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action> {
+        // A process that starts while the Broker is being deleted has no connection yet; an
+        // external broker's is made as usual so that its users can delete their objects.
+        if obj.spec.external.is_some() && ctx.brokers.get(&key(&obj)).is_none() {
+            let _ = external::reconcile(&obj, &ctx).await;
+        }
+        cleanup::cleanup_broker(obj, ctx).await
+    }
+
     async fn apply(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action> {
         let observed = if obj.spec.managed.is_some() {
             managed::reconcile(&obj, &ctx).await?
@@ -109,8 +122,31 @@ impl Reconcile for Broker {
         })
         .filter(move |(ns, _)| futures::future::ready(scope.as_ref().is_none_or(|s| s == ns)))
         .map(|(ns, name)| ObjectRef::new(&name).within(&ns));
-        controller.owns(sets, owned).reconcile_on(changes)
+        let queues: Api<Queue> = scoped_api(&ctx.client, ns);
+        let topics: Api<Topic> = scoped_api(&ctx.client, ns);
+        controller
+            .owns(sets, owned)
+            .watches(queues, watcher::Config::default(), |q: Queue| {
+                broker_of(&q.metadata, &q.spec.broker_ref)
+            })
+            .watches(topics, watcher::Config::default(), |t: Topic| {
+                broker_of(&t.metadata, &t.spec.broker_ref)
+            })
+            .reconcile_on(changes)
     }
+}
+
+/// The Broker a Queue or Topic that is being deleted uses, so that a Broker waiting in its
+/// finalizer looks again as soon as they go. Other changes of Queues and Topics do not concern
+/// the Broker.
+fn broker_of(
+    meta: &kube::api::ObjectMeta,
+    r: &BrokerReference,
+) -> Option<ObjectRef<DeserializeGuard<Broker>>> {
+    meta.deletion_timestamp.as_ref()?;
+    let ns = meta.namespace.as_deref().unwrap_or_default();
+    let (b_ns, b_name) = super::refs::broker_key(ns, r);
+    Some(ObjectRef::new(b_name).within(b_ns))
 }
 
 /// Closes the connections of Brokers that no longer exist, every `period`; runs until aborted.

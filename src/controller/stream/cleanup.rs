@@ -53,9 +53,8 @@ pub async fn cleanup_stream<K: StreamKind>(obj: Arc<K>, ctx: Arc<Context>) -> Re
     let conn = match link(&ctx, &broker) {
         Link::Connected(c) => c,
         Link::Connecting => {
-            return Err(Error::Broker(format!(
-                "cannot delete {name} yet: connecting to the broker"
-            )));
+            let why = "this operator is still connecting to the broker".to_string();
+            return give_up_or_retry(&*obj, &ctx, name, why).await;
         }
         Link::Down(why) => return give_up_or_retry(&*obj, &ctx, name, why.message).await,
     };

@@ -1,0 +1,180 @@
+//! A Broker's finalizer: the Broker stays, and with it its connection, until every Queue and
+//! Topic that uses it and still has something to delete in the broker (`deletionPolicy`
+//! `Delete` or `DeleteIfEmpty`, declared there) is gone. So deleting a namespace deletes its
+//! `Delete` queues in the broker instead of finding the Broker gone first, and keeps `Retain`
+//! ones. The wait is bounded by the operator's deletion grace period, after which the Broker
+//! goes and an Event names the resources it left behind.
+
+use std::sync::Arc;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+
+use crate::api::common::{BrokerReference, DeletionPolicy};
+use crate::api::conditions::{ConditionType, Desired, Reason, merge};
+use crate::api::{Broker, Queue, StreamStatus, Topic};
+use crate::controller::context::Context;
+use crate::controller::driver::{publish, scoped_api};
+use crate::controller::error::{Error, Result};
+use crate::controller::refs;
+use crate::controller::status::{api_for, apply_status};
+
+/// The finalizer that keeps a Broker until its users' broker-side objects are deleted.
+pub const BROKER_FINALIZER: &str = "conveyor.dev/broker";
+
+/// Whether a Queue or Topic in `ns` with these settings still needs the Broker `key` to
+/// delete something.
+fn waits_for(
+    key: (&str, &str),
+    ns: &str,
+    broker_ref: &BrokerReference,
+    policy: DeletionPolicy,
+    status: Option<&StreamStatus>,
+) -> bool {
+    refs::broker_key(ns, broker_ref) == key
+        && policy != DeletionPolicy::Retain
+        && status.and_then(|s| s.declared).unwrap_or(false)
+}
+
+/// The Queues and Topics that still need the Broker, as `Kind namespace/name`.
+async fn users(ctx: &Context, broker: &Broker) -> Result<Vec<String>> {
+    let (b_ns, b_name) = (broker.namespace().unwrap_or_default(), broker.name_any());
+    let key = (b_ns.as_str(), b_name.as_str());
+    let scopes: Vec<Option<&str>> = if ctx.config.namespaces.is_empty() {
+        vec![None]
+    } else {
+        ctx.config
+            .namespaces
+            .iter()
+            .map(|n| Some(n.as_str()))
+            .collect()
+    };
+    let mut out = Vec::new();
+    for scope in scopes {
+        let queues: Api<Queue> = scoped_api(&ctx.client, scope);
+        for q in queues.list(&Default::default()).await?.items {
+            let ns = q.namespace().unwrap_or_default();
+            let s = &q.spec.stream;
+            if waits_for(
+                key,
+                &ns,
+                &q.spec.broker_ref,
+                s.deletion_policy,
+                q.status.as_ref(),
+            ) {
+                out.push(format!("Queue {ns}/{}", q.name_any()));
+            }
+        }
+        let topics: Api<Topic> = scoped_api(&ctx.client, scope);
+        for t in topics.list(&Default::default()).await?.items {
+            let ns = t.namespace().unwrap_or_default();
+            let s = &t.spec.stream;
+            if waits_for(
+                key,
+                &ns,
+                &t.spec.broker_ref,
+                s.deletion_policy,
+                t.status.as_ref(),
+            ) {
+                out.push(format!("Topic {ns}/{}", t.name_any()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+pub async fn cleanup_broker(obj: Arc<Broker>, ctx: Arc<Context>) -> Result<Action> {
+    let waiting = users(&ctx, &obj).await?;
+    if waiting.is_empty() {
+        ctx.brokers.remove(&super::key(&obj));
+        return Ok(Action::await_change());
+    }
+    let since = obj
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .unwrap_or_else(Timestamp::now);
+    let waited = Timestamp::now().duration_since(since).unsigned_abs();
+    let list = waiting.join(", ");
+    if waited >= ctx.config.deletion_grace {
+        let note = format!(
+            "deleted after waiting {}s for {list} to delete their objects in the broker; they stay there",
+            ctx.config.deletion_grace.as_secs()
+        );
+        publish(&ctx, &*obj, EventType::Warning, "UsersLeftInBroker", note).await;
+        ctx.brokers.remove(&super::key(&obj));
+        return Ok(Action::await_change());
+    }
+    let msg = format!(
+        "the Broker is kept until {list} have deleted their objects in the broker (deletionPolicy Delete or DeleteIfEmpty)"
+    );
+    let old = obj.status.as_ref();
+    let ready = Desired::is_false(ConditionType::Ready, Reason::DeletionBlocked, msg.clone());
+    let generation = obj.metadata.generation;
+    let new = crate::api::BrokerStatus {
+        conditions: merge(
+            old.map(|s| &s.conditions[..]).unwrap_or_default(),
+            &[ready],
+            generation,
+            Timestamp::now(),
+        ),
+        ..old.cloned().unwrap_or_default()
+    };
+    apply_status(&api_for(&ctx.client, &*obj), &*obj, old, &new).await?;
+    Err(Error::DeletionBlocked(msg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(name: &str, ns: Option<&str>) -> BrokerReference {
+        BrokerReference {
+            name: name.into(),
+            namespace: ns.map(str::to_string),
+        }
+    }
+
+    fn declared() -> StreamStatus {
+        StreamStatus {
+            declared: Some(true),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_declared_users_that_delete_keep_the_broker() {
+        let key = ("shop", "events");
+        let d = Some(&declared());
+        let delete = DeletionPolicy::Delete;
+        assert!(waits_for(key, "shop", &r("events", None), delete, d));
+        assert!(waits_for(
+            key,
+            "billing",
+            &r("events", Some("shop")),
+            DeletionPolicy::DeleteIfEmpty,
+            d
+        ));
+        assert!(!waits_for(
+            key,
+            "shop",
+            &r("events", None),
+            DeletionPolicy::Retain,
+            d
+        ));
+        assert!(
+            !waits_for(key, "shop", &r("events", None), delete, None),
+            "never declared"
+        );
+        assert!(!waits_for(key, "shop", &r("other", None), delete, d));
+        assert!(
+            !waits_for(key, "billing", &r("events", None), delete, d),
+            "another namespace's Broker"
+        );
+    }
+}
