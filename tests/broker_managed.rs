@@ -53,13 +53,7 @@ async fn pods_hash(pods: &Api<Pod>) -> Vec<String> {
 async fn managed_broker_renders_rolls_scales_and_keeps_its_volumes() {
     let (plane, ns) = setup!("broker-managed");
     // Enforce the restricted Pod Security Standard here: the servers' pods must pass it.
-    let labeled = ns.kubectl(&[
-        "label",
-        "namespace",
-        &ns.name,
-        "pod-security.kubernetes.io/enforce=restricted",
-    ]);
-    assert!(labeled.contains("labeled"), "{labeled}");
+    ns.enforce_restricted();
     common::install_crds(&plane).await;
     let volumes = Volumes::create(&plane.client, &ns, 7).await;
     let _op = Operator::start(&plane, &ns.name, "managed");

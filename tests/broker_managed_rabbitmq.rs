@@ -29,13 +29,7 @@ const STS: &str = "events-rabbitmq";
 #[tokio::test]
 async fn a_managed_rabbitmq_renders_owns_rolls_and_keeps_its_data() {
     let (plane, ns) = setup!("broker-managed-rabbitmq");
-    let labeled = ns.kubectl(&[
-        "label",
-        "namespace",
-        &ns.name,
-        "pod-security.kubernetes.io/enforce=restricted",
-    ]);
-    assert!(labeled.contains("labeled"), "{labeled}");
+    ns.enforce_restricted();
     common::install_crds(&plane).await;
     let volumes = Volumes::create(&plane.client, &ns, 5).await;
     let _op = Operator::start(&plane, &ns.name, "managed-rabbitmq");

@@ -364,7 +364,7 @@ async fn refresh_cost(env: &Env, names: &[String]) {
         Engine::Rabbitmq => 2,
     };
     eprintln!(
-        "{}: one depth refresh of 200 Queues: {} broker requests in {:?}",
+        "{}: one depth refresh of 200 Queues: {} broker requests (counted from the code path, not measured) in {:?}",
         env.engine().name(),
         per_queue * names.len(),
         started.elapsed()

@@ -186,6 +186,18 @@ impl TestNamespace {
         }
     }
 
+    /// Makes the namespace enforce the `restricted` Pod Security Standard, so that every pod a
+    /// test makes Conveyor create must pass it.
+    pub fn enforce_restricted(&self) {
+        let labeled = self.kubectl(&[
+            "label",
+            "namespace",
+            &self.name,
+            "pod-security.kubernetes.io/enforce=restricted",
+        ]);
+        assert!(labeled.contains("labeled"), "{labeled}");
+    }
+
     /// Runs kubectl against the plane and returns what it printed.
     pub fn kubectl(&self, args: &[&str]) -> String {
         let out = Command::new(&self.kubectl)

@@ -21,6 +21,7 @@ use crate::controller::driver::{publish, scoped_api};
 use crate::controller::error::{Error, Result};
 use crate::controller::refs;
 use crate::controller::status::{api_for, apply_status};
+use crate::controller::stream::StreamKind;
 
 /// The finalizer that keeps a Broker until its users' broker-side objects are deleted.
 pub const BROKER_FINALIZER: &str = "conveyor.dev/broker";
@@ -39,6 +40,32 @@ fn waits_for(
         && status.and_then(|s| s.declared).unwrap_or(false)
 }
 
+/// The objects of kind `K` in `scope` that still need the Broker `key`, as `Kind ns/name`.
+async fn users_of_kind<K: StreamKind>(
+    ctx: &Context,
+    scope: Option<&str>,
+    key: (&str, &str),
+) -> Result<Vec<String>> {
+    let api: Api<K> = scoped_api(&ctx.client, scope);
+    let list = api.list(&Default::default()).await?.items;
+    Ok(list
+        .iter()
+        .filter(|o| {
+            let ns = o.namespace().unwrap_or_default();
+            let policy = o.settings().deletion_policy;
+            waits_for(key, &ns, o.broker_ref(), policy, o.stream_status())
+        })
+        .map(|o| {
+            format!(
+                "{} {}/{}",
+                K::kind(&()),
+                o.namespace().unwrap_or_default(),
+                o.name_any()
+            )
+        })
+        .collect())
+}
+
 /// The Queues and Topics that still need the Broker, as `Kind namespace/name`.
 async fn users(ctx: &Context, broker: &Broker) -> Result<Vec<String>> {
     let (b_ns, b_name) = (broker.namespace().unwrap_or_default(), broker.name_any());
@@ -54,34 +81,8 @@ async fn users(ctx: &Context, broker: &Broker) -> Result<Vec<String>> {
     };
     let mut out = Vec::new();
     for scope in scopes {
-        let queues: Api<Queue> = scoped_api(&ctx.client, scope);
-        for q in queues.list(&Default::default()).await?.items {
-            let ns = q.namespace().unwrap_or_default();
-            let s = &q.spec.stream;
-            if waits_for(
-                key,
-                &ns,
-                &q.spec.broker_ref,
-                s.deletion_policy,
-                q.status.as_ref(),
-            ) {
-                out.push(format!("Queue {ns}/{}", q.name_any()));
-            }
-        }
-        let topics: Api<Topic> = scoped_api(&ctx.client, scope);
-        for t in topics.list(&Default::default()).await?.items {
-            let ns = t.namespace().unwrap_or_default();
-            let s = &t.spec.stream;
-            if waits_for(
-                key,
-                &ns,
-                &t.spec.broker_ref,
-                s.deletion_policy,
-                t.status.as_ref(),
-            ) {
-                out.push(format!("Topic {ns}/{}", t.name_any()));
-            }
-        }
+        out.extend(users_of_kind::<Queue>(ctx, scope, key).await?);
+        out.extend(users_of_kind::<Topic>(ctx, scope, key).await?);
     }
     out.sort();
     Ok(out)
