@@ -1,6 +1,10 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease, so that of several running operators
 //! exactly one reconciles.
 //!
+//! The election runs on a thread of its own, with its own runtime and its own Kubernetes client
+//! (`Leadership`): however many reconciles are queued or however busy the controllers' client
+//! is, renewing the Lease waits for nothing but the API server.
+//!
 //! Every write is a `replace` that carries the Lease's `resourceVersion`, so two candidates can
 //! never both win: the loser gets a 409 Conflict and looks again. Expiry is judged the way
 //! client-go judges it, by how long this process has watched the record stay unchanged, so clock
@@ -13,6 +17,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// Settings of the election.
 #[derive(Clone, Debug)]
@@ -193,4 +199,114 @@ impl Elector {
             .await
             .map(|_| ())
     }
+}
+
+/// Where this process stands in the election.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    Waiting,
+    Leading,
+    /// Leadership was lost (or could not be sought at all); the process should exit.
+    Lost,
+    /// The Lease was given up on request.
+    Released,
+}
+
+/// The election, run on its own thread until it is lost or released.
+pub struct Leadership {
+    standing: watch::Receiver<Standing>,
+    stop: CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Leadership {
+    /// Starts competing for the Lease with a client of its own built from `config`.
+    pub fn start(config: kube::Config, lease: LeaseConfig) -> std::io::Result<Self> {
+        let (tx, standing) = watch::channel(Standing::Waiting);
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("leader-election".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(elect(config, lease, &tx, stopped)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the leader election's runtime");
+                        tx.send_replace(Standing::Lost);
+                    }
+                }
+            })?;
+        Ok(Self {
+            standing,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Waits until this process leads (`true`) or cannot (`false`).
+    pub async fn leading(&mut self) -> bool {
+        let found = self
+            .standing
+            .wait_for(|s| *s != Standing::Waiting)
+            .await
+            .map(|s| *s);
+        matches!(found, Ok(Standing::Leading))
+    }
+
+    /// Waits until leadership is lost.
+    pub async fn lost(&mut self) {
+        let _ = self
+            .standing
+            .wait_for(|s| matches!(s, Standing::Lost | Standing::Released))
+            .await;
+    }
+
+    /// Gives the Lease up (if held) and waits for the election thread to end.
+    pub async fn release(mut self) {
+        self.stop.cancel();
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+async fn elect(
+    config: kube::Config,
+    lease: LeaseConfig,
+    tx: &watch::Sender<Standing>,
+    stop: CancellationToken,
+) {
+    let client = match Client::try_from(config) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the leader election's client");
+            tx.send_replace(Standing::Lost);
+            return;
+        }
+    };
+    let mut elector = Elector::new(client, lease);
+    tracing::info!("waiting for the leader lease");
+    tokio::select! {
+        _ = elector.acquire() => tracing::info!("acquired the leader lease"),
+        _ = stop.cancelled() => {
+            tx.send_replace(Standing::Released);
+            return;
+        }
+    }
+    tx.send_replace(Standing::Leading);
+    tokio::select! {
+        _ = elector.hold() => {
+            tx.send_replace(Standing::Lost);
+            return;
+        }
+        _ = stop.cancelled() => {}
+    }
+    match elector.release().await {
+        Ok(()) => tracing::info!("released the leader lease"),
+        Err(err) => tracing::warn!(error = %err, "releasing the leader lease failed"),
+    }
+    tx.send_replace(Standing::Released);
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use conveyor::clients::RateLimit;
 use conveyor::controller::Config;
 use conveyor::engine::destinations::{DEFAULT_ALLOWED, Destinations};
 use conveyor::leader::LeaseConfig;
@@ -97,6 +98,16 @@ struct RunArgs {
     /// drift in the broker).
     #[arg(long, env = "CONVEYOR_STREAM_REFRESH_SECONDS", default_value_t = 30)]
     stream_refresh_seconds: u64,
+    /// Requests per second the controllers may send to the Kubernetes API server, on average
+    /// (a client-side limit; the leader election has a client of its own and is not limited).
+    #[arg(long, env = "CONVEYOR_KUBE_API_QPS", default_value_t = 100.0)]
+    kube_api_qps: f64,
+    /// Requests the controllers may send at once after being idle, above the average rate.
+    #[arg(long, env = "CONVEYOR_KUBE_API_BURST", default_value_t = 200)]
+    kube_api_burst: u32,
+    /// Reconciles that may run at once, per kind and watched namespace.
+    #[arg(long, env = "CONVEYOR_MAX_CONCURRENT_RECONCILES", default_value_t = 16)]
+    max_concurrent_reconciles: u16,
     /// Seconds between reconciliations of an unchanged object.
     #[arg(long, env = "CONVEYOR_RESYNC_SECONDS", default_value_t = 300)]
     resync_seconds: u64,
@@ -131,9 +142,12 @@ async fn run_operator(args: RunArgs) -> Result<(), String> {
     telemetry::init(args.log_format, &args.log);
     let destinations = Destinations::parse(&args.allowed_broker_destinations)
         .map_err(|e| format!("--allowed-broker-destinations: {e}"))?;
-    let client = kube::Client::try_default()
+    let kube_config = kube::Config::infer()
         .await
-        .map_err(|e| format!("connecting to Kubernetes: {e}"))?;
+        .map_err(|e| format!("finding the Kubernetes API server: {e}"))?;
+    if args.kube_api_qps.is_nan() || args.kube_api_qps <= 0.0 || args.kube_api_burst == 0 {
+        return Err("--kube-api-qps and --kube-api-burst must be above zero".into());
+    }
     let lease = (!args.no_leader_election).then(|| LeaseConfig {
         namespace: args.lease_namespace,
         name: args.lease_name,
@@ -153,12 +167,17 @@ async fn run_operator(args: RunArgs) -> Result<(), String> {
             destinations,
             operator_namespace: args.operator_namespace,
             deletion_grace: Duration::from_secs(args.unreachable_deletion_grace_seconds),
+            concurrency: args.max_concurrent_reconciles.max(1),
         },
         lease,
         probe_addr: args.probe_addr,
+        rate_limit: RateLimit {
+            qps: args.kube_api_qps,
+            burst: args.kube_api_burst,
+        },
     };
     tracing::info!(version = env!("CARGO_PKG_VERSION"), namespaces = ?cfg.controller.namespaces, "starting Conveyor");
-    run(client, cfg).await.map_err(|e| e.to_string())
+    run(kube_config, cfg).await.map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -173,7 +192,20 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
         {
-            Ok(rt) => rt.block_on(run_operator(*args)),
+            Ok(rt) => {
+                let result = rt.block_on(run_operator(*args));
+                // Exit without tearing the runtime down: tasks still running (a reconcile that
+                // outlived a lost lease) are simply stopped with the process, not cancelled
+                // one by one under the controller runner that awaits them.
+                let code = match result {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("conveyor: {e}");
+                        1
+                    }
+                };
+                std::process::exit(code);
+            }
             Err(e) => Err(format!("starting the runtime: {e}")),
         },
     };

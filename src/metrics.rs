@@ -25,6 +25,23 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindSource {
+    pub kind: &'static str,
+    /// `listing` (a Broker listing vouched for it) or `broker` (the broker was asked).
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabel {
+    pub method: String,
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     pub registry: Registry,
@@ -32,6 +49,9 @@ pub struct Metrics {
     pub errors: Family<KindCategory, Counter>,
     pub duration: Family<KindLabel, Histogram>,
     pub leader: Gauge,
+    pub destination_checks: Family<KindSource, Counter>,
+    pub broker_listings: Family<OutcomeLabel, Counter>,
+    pub api_requests: Family<MethodLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -63,12 +83,33 @@ impl Default for Metrics {
             "1 while this process holds the leader lease",
             leader.clone(),
         );
+        let destination_checks = Family::<KindSource, Counter>::default();
+        registry.register(
+            "destination_checks",
+            "Queue and Topic checks, answered from a Broker listing or by asking the broker",
+            destination_checks.clone(),
+        );
+        let broker_listings = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "broker_listings",
+            "Listings of every destination of a Broker, by outcome",
+            broker_listings.clone(),
+        );
+        let api_requests = Family::<MethodLabel, Counter>::default();
+        registry.register(
+            "kube_api_requests",
+            "Requests the controllers sent to the Kubernetes API server, by HTTP method (the leader election's own client is not counted)",
+            api_requests.clone(),
+        );
         Self {
             registry,
             reconciles,
             errors,
             duration,
             leader,
+            destination_checks,
+            broker_listings,
+            api_requests,
         }
     }
 }

@@ -12,10 +12,12 @@ use kube::api::{Api, ListParams};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{Broker, EventSubscription, Queue, Topic};
-use crate::controller::broker;
+use crate::clients::{self, RateLimit};
+use crate::controller::context::scopes;
 use crate::controller::driver::{self, Reconcile};
 use crate::controller::{Config, Context};
-use crate::leader::{Elector, LeaseConfig};
+use crate::controller::{broker, stream};
+use crate::leader::{Leadership, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::server::{self, Readiness};
 
@@ -29,6 +31,8 @@ pub struct RunConfig {
     /// `None` runs without leader election (a single replica).
     pub lease: Option<LeaseConfig>,
     pub probe_addr: SocketAddr,
+    /// The client-side limit on the controllers' requests to the API server.
+    pub rate_limit: RateLimit,
 }
 
 /// Why the operator stopped other than by a signal.
@@ -36,9 +40,17 @@ pub struct RunConfig {
 pub enum RunError {
     #[error("the probe server failed: {0}")]
     Server(#[from] std::io::Error),
+    #[error("cannot build the Kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+    #[error("cannot start the leader election: {0}")]
+    Election(std::io::Error),
     #[error("leadership was lost; exiting so that a fresh process competes again")]
     LeadershipLost,
 }
+
+/// How long the controllers may take to finish their running reconciles once leadership is
+/// lost, before the process exits regardless.
+const DRAIN_AFTER_LOSS: Duration = Duration::from_secs(5);
 
 /// Cancels `token` on SIGTERM or SIGINT.
 fn on_signal(token: CancellationToken) {
@@ -60,8 +72,13 @@ fn on_signal(token: CancellationToken) {
 }
 
 /// Runs the operator until a signal arrives (Ok) or leadership is lost (Err).
-pub async fn run(client: Client, cfg: RunConfig) -> Result<(), RunError> {
+pub async fn run(kube_config: kube::Config, cfg: RunConfig) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::default());
+    let client = clients::limited(
+        kube_config.clone(),
+        cfg.rate_limit,
+        metrics.api_requests.clone(),
+    )?;
     let readiness = Arc::new(Readiness::default());
     let shutdown = CancellationToken::new();
     on_signal(shutdown.clone());
@@ -77,12 +94,22 @@ pub async fn run(client: Client, cfg: RunConfig) -> Result<(), RunError> {
         _ = shutdown.cancelled() => return finish(server).await,
     }
 
-    let mut elector = cfg.lease.clone().map(|l| Elector::new(client.clone(), l));
-    if let Some(e) = elector.as_mut() {
-        tracing::info!("waiting for the leader lease");
+    let mut leadership = match cfg.lease.clone() {
+        Some(lease) => Some(Leadership::start(kube_config, lease).map_err(RunError::Election)?),
+        None => None,
+    };
+    if let Some(l) = leadership.as_mut() {
         tokio::select! {
-            _ = e.acquire() => tracing::info!("acquired the leader lease"),
-            _ = shutdown.cancelled() => return finish(server).await,
+            leading = l.leading() => if !leading {
+                shutdown.cancel();
+                return Err(RunError::LeadershipLost);
+            },
+            _ = shutdown.cancelled() => {
+                if let Some(l) = leadership.take() {
+                    l.release().await;
+                }
+                return finish(server).await;
+            }
         }
     }
     metrics.leader.set(1);
@@ -98,29 +125,41 @@ pub async fn run(client: Client, cfg: RunConfig) -> Result<(), RunError> {
         namespaces.clone(),
         Duration::from_secs(60),
     ));
-    let controllers = run_controllers(ctx, namespaces, &shutdown, &readiness);
+    let refresher = tokio::spawn(stream::refresh::run(ctx.clone()));
+    let mut controllers = tokio::spawn(run_controllers(
+        ctx,
+        namespaces,
+        shutdown.clone(),
+        readiness.clone(),
+    ));
 
-    let lost = match elector.as_mut() {
-        Some(e) => tokio::select! {
-            _ = controllers => false,
-            _ = e.hold() => true,
+    let lost = match leadership.as_mut() {
+        Some(l) => tokio::select! {
+            _ = &mut controllers => false,
+            _ = l.lost() => true,
         },
         None => {
-            controllers.await;
+            let _ = (&mut controllers).await;
             false
         }
     };
     metrics.leader.set(0);
     janitor.abort();
+    refresher.abort();
     if lost {
+        // Stop starting reconciles and let the running ones finish, briefly: another process
+        // may already lead.
         shutdown.cancel();
+        if tokio::time::timeout(DRAIN_AFTER_LOSS, controllers)
+            .await
+            .is_err()
+        {
+            tracing::warn!("reconciles still running after leadership was lost; exiting anyway");
+        }
         return Err(RunError::LeadershipLost);
     }
-    if let Some(e) = &elector {
-        match e.release().await {
-            Ok(()) => tracing::info!("released the leader lease"),
-            Err(err) => tracing::warn!(error = %err, "releasing the leader lease failed"),
-        }
+    if let Some(l) = leadership {
+        l.release().await;
     }
     finish(server).await
 }
@@ -132,21 +171,13 @@ async fn finish(server: tokio::task::JoinHandle<std::io::Result<()>>) -> Result<
     }
 }
 
-/// The watch scopes: each listed namespace, or the whole cluster.
-fn scopes(namespaces: &[String]) -> Vec<Option<String>> {
-    if namespaces.is_empty() {
-        vec![None]
-    } else {
-        namespaces.iter().cloned().map(Some).collect()
-    }
-}
-
 async fn run_controllers(
     ctx: Arc<Context>,
     namespaces: Vec<Option<String>>,
-    shutdown: &CancellationToken,
-    readiness: &Arc<Readiness>,
+    shutdown: CancellationToken,
+    readiness: Arc<Readiness>,
 ) {
+    let (shutdown, readiness) = (&shutdown, &readiness);
     let mut tasks = Vec::new();
     for ns in namespaces {
         tasks.push(spawn::<Broker>(&ctx, ns.clone(), shutdown, readiness));

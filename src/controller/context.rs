@@ -8,6 +8,8 @@ use std::time::Duration;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 
+use super::cache::BrokerCache;
+use super::stream::refresh::Listings;
 use crate::engine::destinations::Destinations;
 use crate::engine::registry::Registry;
 use crate::metrics::Metrics;
@@ -33,6 +35,24 @@ pub struct Config {
     /// How long a deletion that needs an unreachable broker is retried before the resource is
     /// let go and the broker-side object left in place.
     pub deletion_grace: Duration,
+    /// Reconciles that may run at once, per kind and watched namespace.
+    pub concurrency: u16,
+}
+
+impl Config {
+    /// The watch scopes: each listed namespace, or the whole cluster.
+    pub fn scopes(&self) -> Vec<Option<String>> {
+        scopes(&self.namespaces)
+    }
+}
+
+/// The watch scopes of a namespace list: each listed namespace, or the whole cluster.
+pub fn scopes(namespaces: &[String]) -> Vec<Option<String>> {
+    if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.iter().cloned().map(Some).collect()
+    }
 }
 
 /// Shared state of the reconcilers.
@@ -43,6 +63,10 @@ pub struct Context {
     pub recorder: Recorder,
     /// One connection per Broker, shared by every reconciler.
     pub brokers: Registry,
+    /// Every watched Broker, for resolving references without asking the API server.
+    pub broker_cache: BrokerCache,
+    /// The latest listing of each Broker's destinations.
+    pub listings: Listings,
     backoff: Mutex<HashMap<String, u32>>,
 }
 
@@ -53,7 +77,10 @@ impl Context {
             instance: config.instance.clone(),
         };
         let recorder = Recorder::new(client.clone(), reporter);
+        let broker_cache = BrokerCache::start(&client, &config.scopes());
         Self {
+            broker_cache,
+            listings: Listings::default(),
             client,
             config,
             metrics,

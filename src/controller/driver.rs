@@ -225,13 +225,19 @@ pub async fn run<K: Reconcile>(
     let (reader, writer) = kube::runtime::reflector::store();
     let changes = kube::runtime::watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
+        .modify(|guard| match &mut guard.0 {
+            Ok(obj) => lean(obj.meta_mut()),
+            Err(invalid) => lean(&mut invalid.metadata),
+        })
         .reflect(writer)
         .applied_objects()
         .predicate_filter(
             predicates::generation.combine(predicates::finalizers),
             PredicateConfig::default(),
         );
-    let controller = Controller::for_stream(changes, reader);
+    let controller = Controller::for_stream(changes, reader).with_config(
+        kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency),
+    );
     let store = controller.store();
     let kind = kind::<K>();
     tokio::spawn(async move {
@@ -263,6 +269,15 @@ pub async fn run<K: Reconcile>(
             }
         })
         .await;
+}
+
+/// Drops what no controller reads from a cached object: `managedFields` (often the larger part
+/// of a small object) and the last-applied annotation `kubectl apply` leaves.
+pub fn lean(meta: &mut kube::core::ObjectMeta) {
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
 }
 
 /// An Api of `K` in `namespace`, or across the cluster when `None`.

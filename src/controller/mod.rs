@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod broker;
+pub mod cache;
 pub mod context;
 pub mod driver;
 pub mod error;

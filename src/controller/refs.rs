@@ -5,6 +5,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::Api;
 
+use super::context::Context;
 use super::error::Result;
 use crate::api::Broker;
 use crate::api::common::BrokerReference;
@@ -41,14 +42,11 @@ pub fn broker_allows(broker: &Broker, broker_ns: &str, ns: &str) -> bool {
             .any(|a| a == "*" || a == ns)
 }
 
-/// Looks up the Broker that a resource in `from_ns` refers to. `watched` is the operator's
-/// namespace list (empty: all): a Broker outside it has no controller here, so it cannot be used.
-pub async fn broker(
-    client: &Client,
-    watched: &[String],
-    from_ns: &str,
-    r: &BrokerReference,
-) -> Result<Resolved<Broker>> {
+/// Looks up the Broker that a resource in `from_ns` refers to: in the Broker cache, or when it
+/// is not there (yet), from the API server. A Broker outside the operator's namespaces has no
+/// controller here, so it cannot be used.
+pub async fn broker(ctx: &Context, from_ns: &str, r: &BrokerReference) -> Result<Resolved<Broker>> {
+    let watched = &ctx.config.namespaces;
     let (ns, name) = broker_key(from_ns, r);
     if !watched.is_empty() && !watched.iter().any(|w| w == ns) {
         return Ok(Err(unresolved(
@@ -59,8 +57,14 @@ pub async fn broker(
             ),
         )));
     }
-    let api: Api<Broker> = Api::namespaced(client.clone(), ns);
-    Ok(match api.get_opt(name).await? {
+    let found = match ctx.broker_cache.get(ns, name) {
+        Some(b) => Some(Broker::clone(&b)),
+        None => {
+            let api: Api<Broker> = Api::namespaced(ctx.client.clone(), ns);
+            api.get_opt(name).await?
+        }
+    };
+    Ok(match found {
         None => Err(unresolved(
             Reason::BrokerNotFound,
             format!("Broker {ns}/{name} does not exist"),

@@ -7,9 +7,9 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
-use kube::core::DeserializeGuard;
+use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
 use super::context::Context;
@@ -80,36 +80,36 @@ impl Reconcile for EventSubscription {
         ctx: &Context,
         ns: Option<&str>,
     ) -> Controller<DeserializeGuard<Self>> {
-        let (topics, queues): (Api<Topic>, Api<Queue>) =
+        let (topics, queues): (Api<PartialObjectMeta<Topic>>, Api<PartialObjectMeta<Queue>>) =
             (scoped_api(&ctx.client, ns), scoped_api(&ctx.client, ns));
         let (s1, s2) = (controller.store(), controller.store());
+        // Only the name of a changed Topic or Queue is read: metadata watches.
+        let config = || watcher::Config::default().any_semantic();
+        let topics = watcher(topics, config())
+            .default_backoff()
+            .touched_objects();
+        let queues = watcher(queues, config())
+            .default_backoff()
+            .touched_objects();
         controller
-            .watches(
-                topics,
-                watcher::Config::default().any_semantic(),
-                move |t: Topic| {
-                    dependents(&s1, |s: &EventSubscription| {
-                        s.namespace() == t.namespace()
-                            && s.spec
-                                .topic_ref
-                                .as_ref()
-                                .is_some_and(|r| r.name == t.name_any())
-                    })
-                },
-            )
-            .watches(
-                queues,
-                watcher::Config::default().any_semantic(),
-                move |q: Queue| {
-                    dependents(&s2, |s: &EventSubscription| {
-                        s.namespace() == q.namespace()
-                            && s.spec
-                                .queue_ref
-                                .as_ref()
-                                .is_some_and(|r| r.name == q.name_any())
-                    })
-                },
-            )
+            .watches_stream(topics, move |t: PartialObjectMeta<Topic>| {
+                dependents(&s1, |s: &EventSubscription| {
+                    s.namespace() == t.namespace()
+                        && s.spec
+                            .topic_ref
+                            .as_ref()
+                            .is_some_and(|r| r.name == t.name_any())
+                })
+            })
+            .watches_stream(queues, move |q: PartialObjectMeta<Queue>| {
+                dependents(&s2, |s: &EventSubscription| {
+                    s.namespace() == q.namespace()
+                        && s.spec
+                            .queue_ref
+                            .as_ref()
+                            .is_some_and(|r| r.name == q.name_any())
+                })
+            })
     }
 }
 

@@ -163,6 +163,46 @@ pub struct DestinationState {
     pub last_sequence: Option<u64>,
 }
 
+/// A destination as one listing of the whole broker shows it. Only destinations that record an
+/// owner (those Conveyor created) are listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub kind: DestinationKind,
+    pub name: String,
+    /// The owner recorded in the broker (`Queue shop/orders`).
+    pub owner: String,
+    pub state: DestinationState,
+    /// A digest of the settings the broker holds for it, figures left out: it changes when
+    /// someone changes the destination, not when messages come and go.
+    pub settings: u64,
+}
+
+impl Listed {
+    /// The kind, namespace and name of the resource an owner string (`Queue shop/orders`)
+    /// names, if it names one.
+    pub fn resource(&self) -> Option<(DestinationKind, &str, &str)> {
+        let kind = owner_kind(&self.owner).filter(|k| *k == self.kind)?;
+        let (ns, name) = self.owner.split_once(' ')?.1.split_once('/')?;
+        Some((kind, ns, name))
+    }
+}
+
+/// The kind a recorded owner string (`Queue shop/orders`) names.
+pub fn owner_kind(owner: &str) -> Option<DestinationKind> {
+    let kind = owner.split_once(' ')?.0;
+    [DestinationKind::Queue, DestinationKind::Topic]
+        .into_iter()
+        .find(|k| k.as_str() == kind)
+}
+
+/// A digest of anything hashable, stable within one process.
+pub fn digest(value: &impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::hash::DefaultHasher::new();
+    value.hash(&mut h);
+    h.finish()
+}
+
 /// What `ensure` found and did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SyncOutcome {
@@ -253,6 +293,11 @@ pub trait BrokerConnection: Send + Sync {
         &'a self,
         target: &'a Target,
     ) -> BoxFuture<'a, Result<Option<DestinationState>, EngineError>>;
+
+    /// Every destination Conveyor owns in the broker, with its figures, in as few requests as
+    /// the broker allows (NATS: the paged stream listing; RabbitMQ: one listing of the virtual
+    /// host's queues and one of its bindings).
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Listed>, EngineError>>;
 
     /// The settings of `spec` this engine cannot honour, each naming the field and saying
     /// what happens instead. Pure.

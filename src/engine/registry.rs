@@ -149,6 +149,14 @@ impl Registry {
         self.lock().retain(|k, _| keep(k));
     }
 
+    /// Every open connection.
+    pub fn all(&self) -> Vec<(BrokerKey, Arc<dyn BrokerConnection>)> {
+        self.lock()
+            .iter()
+            .map(|(k, e)| (k.clone(), e.connection.clone()))
+            .collect()
+    }
+
     /// The current connection of a Broker, if any.
     pub fn get(&self, key: &BrokerKey) -> Option<Arc<dyn BrokerConnection>> {
         self.lock().get(key).map(|e| e.connection.clone())

@@ -16,10 +16,10 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
-use kube::core::DeserializeGuard;
+use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
 use super::context::Context;
@@ -104,7 +104,7 @@ impl Reconcile for Broker {
         ctx: &Context,
         ns: Option<&str>,
     ) -> Controller<DeserializeGuard<Self>> {
-        let sets: Api<StatefulSet> = scoped_api(&ctx.client, ns);
+        let sets: Api<PartialObjectMeta<StatefulSet>> = scoped_api(&ctx.client, ns);
         let owned = watcher::Config::default().labels(&format!(
             "{}={}",
             labels::MANAGED_BY,
@@ -124,8 +124,10 @@ impl Reconcile for Broker {
         .map(|(ns, name)| ObjectRef::new(&name).within(&ns));
         let queues: Api<Queue> = scoped_api(&ctx.client, ns);
         let topics: Api<Topic> = scoped_api(&ctx.client, ns);
+        // Only the owner references of the StatefulSets are read: a metadata watch.
+        let sets = watcher(sets, owned).default_backoff().touched_objects();
         controller
-            .owns(sets, owned)
+            .owns_stream(sets)
             .watches(queues, watcher::Config::default(), |q: Queue| {
                 broker_of(&q.metadata, &q.spec.broker_ref)
             })

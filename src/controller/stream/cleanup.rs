@@ -41,15 +41,14 @@ pub async fn cleanup_stream<K: StreamKind>(obj: Arc<K>, ctx: Arc<Context>) -> Re
         return Ok(Action::await_change());
     }
     let ns = obj.namespace().unwrap_or_default();
-    let broker =
-        match refs::broker(&ctx.client, &ctx.config.namespaces, &ns, obj.broker_ref()).await? {
-            Ok(b) => b,
-            Err(missing) => {
-                let note = format!("{}; {name} was not deleted", missing.message);
-                publish(&ctx, &*obj, EventType::Warning, "StreamLeftInBroker", note).await;
-                return Ok(Action::await_change());
-            }
-        };
+    let broker = match refs::broker(&ctx, &ns, obj.broker_ref()).await? {
+        Ok(b) => b,
+        Err(missing) => {
+            let note = format!("{}; {name} was not deleted", missing.message);
+            publish(&ctx, &*obj, EventType::Warning, "StreamLeftInBroker", note).await;
+            return Ok(Action::await_change());
+        }
+    };
     let conn = match link(&ctx, &broker) {
         Link::Connected(c) => c,
         Link::Connecting => {

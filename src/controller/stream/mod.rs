@@ -4,21 +4,22 @@
 //! finalizer) with a small per-kind strategy, `StreamKind`.
 
 pub mod cleanup;
+pub mod refresh;
 pub mod spec;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::Api;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType as EventKind;
-use kube::runtime::watcher;
+use kube::runtime::reflector::ObjectRef;
 
 use super::context::Context;
-use super::driver::{Reconcile, dependents, publish, scoped_api};
+use super::driver::{Reconcile, dependents, publish};
 use super::error::{Error, Result};
 use super::refs;
 use super::status::{api_for, apply_status};
@@ -28,8 +29,9 @@ use crate::api::topic::EventType;
 use crate::api::{Broker, Queue, StreamStatus, Topic};
 use crate::engine::{
     BrokerConnection, DestinationKind, DestinationSpec, DestinationState, SyncMode, SyncOutcome,
-    Target,
+    Target, digest,
 };
+use crate::metrics::KindSource;
 use crate::resources::names::default_name_in_broker;
 
 /// The finalizer that applies a Queue's or Topic's deletion policy.
@@ -175,7 +177,7 @@ pub fn link(ctx: &Context, broker: &Broker) -> Link {
 struct Pass {
     conditions: Vec<Desired>,
     state: Option<DestinationState>,
-    /// When to look again; `None`: at the next refresh.
+    /// When to look again; `None`: at the next resync.
     requeue: Option<Duration>,
     /// The destination is in the broker and ours.
     declared: bool,
@@ -210,19 +212,18 @@ async fn apply_stream<K: StreamKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<A
     if let Some(e) = pass.error.take() {
         return Err(e);
     }
-    Ok(Action::requeue(
-        pass.requeue.unwrap_or(ctx.config.stream_refresh),
-    ))
+    // Figures are refreshed by the Broker listing, which re-triggers this resource when they
+    // change; the resync re-checks the destination in full.
+    Ok(Action::requeue(pass.requeue.unwrap_or(ctx.config.resync)))
 }
 
 /// Resolve -> check size -> connect -> build -> sync, as conditions and the destination's state.
 async fn sync_stream<K: StreamKind>(obj: &K, ctx: &Context) -> Result<Pass> {
     let ns = obj.namespace().unwrap_or_default();
-    let broker =
-        match refs::broker(&ctx.client, &ctx.config.namespaces, &ns, obj.broker_ref()).await? {
-            Ok(b) => b,
-            Err(missing) => return Ok(Pass::unresolved(missing)),
-        };
+    let broker = match refs::broker(ctx, &ns, obj.broker_ref()).await? {
+        Ok(b) => b,
+        Err(missing) => return Ok(Pass::unresolved(missing)),
+    };
     if let Some(too_few) = insufficient_servers(obj.settings(), &broker) {
         return Ok(Pass::not_ready(too_few));
     }
@@ -240,9 +241,39 @@ async fn sync_stream<K: StreamKind>(obj: &K, ctx: &Context) -> Result<Pass> {
             return Ok(Pass::not_ready(invalid));
         }
     };
-    let outcome = match conn.ensure(&wanted, sync_mode(obj)).await {
-        Ok(o) => o,
-        Err(e) => return Ok(failed(&name, e)),
+    let mode = sync_mode(obj);
+    let broker_key = (broker.namespace().unwrap_or_default(), broker.name_any());
+    let owner = owner(obj);
+    let lookup = refresh::Lookup {
+        broker: &broker_key,
+        resource: (K::KIND, ns.clone(), obj.name_any()),
+        name_in_broker: &name,
+        owner: &owner,
+        spec: digest(&(format!("{wanted:?}"), mode.create, mode.repair)),
+    };
+    let fresh = ctx.config.stream_refresh * 2 + Duration::from_secs(5);
+    let vouched = ctx.listings.vouched(&lookup, ctx.config.resync, fresh);
+    let source = if vouched.is_some() {
+        "listing"
+    } else {
+        "broker"
+    };
+    ctx.metrics
+        .destination_checks
+        .get_or_create(&KindSource {
+            kind: K::KIND.as_str(),
+            source,
+        })
+        .inc();
+    let outcome = match vouched {
+        Some(state) => SyncOutcome::Unchanged(state),
+        None => match conn.ensure(&wanted, mode).await {
+            Ok(o) => {
+                ctx.listings.record(&lookup, &o);
+                o
+            }
+            Err(e) => return Ok(failed(&name, e)),
+        },
     };
     report(obj, ctx, &name, &outcome, declared(obj)).await;
     Ok(synced(obj, &name, &outcome, conn.unsupported(&wanted)))
@@ -484,25 +515,33 @@ async fn report<K: StreamKind>(
 }
 
 /// Re-reconciles the Queues or Topics that use a Broker when the Broker changes (its connection comes
-/// back, its size changes).
+/// back, its size changes), from the Broker cache that `refs::broker` reads; and those whose
+/// destination changed in the broker, from the Broker listings.
 fn watch_brokers<K: StreamKind>(
     controller: Controller<DeserializeGuard<K>>,
     ctx: &Context,
     namespace: Option<&str>,
 ) -> Controller<DeserializeGuard<K>> {
-    let api: Api<Broker> = scoped_api(&ctx.client, namespace);
+    let Some(changes) = ctx.broker_cache.subscribe(namespace) else {
+        tracing::error!(kind = %K::kind(&()), "no Broker subscription left; Broker changes will not re-trigger");
+        return controller;
+    };
+    let refreshed = refresh::triggers(
+        ctx.listings.changes(),
+        K::KIND,
+        namespace.map(str::to_string),
+    )
+    .map(|(ns, name)| ObjectRef::new(&name).within(&ns));
     let store = controller.store();
-    controller.watches(
-        api,
-        watcher::Config::default().any_semantic(),
-        move |broker: Broker| {
+    controller
+        .reconcile_on(refreshed)
+        .watches_shared_stream(changes, move |broker: Arc<Broker>| {
             let (b_ns, b_name) = (broker.namespace().unwrap_or_default(), broker.name_any());
             dependents(&store, |s: &K| {
                 let own = s.namespace().unwrap_or_default();
                 refs::broker_key(&own, s.broker_ref()) == (b_ns.as_str(), b_name.as_str())
             })
-        },
-    )
+        })
 }
 
 macro_rules! stream_reconciler {

@@ -11,7 +11,7 @@ use connection::Connection;
 
 use super::{
     BoxFuture, BrokerConnection, BrokerInfo, DeleteWhen, Deletion, DestinationSpec,
-    DestinationState, Engine, EngineError, SyncMode, SyncOutcome, Target,
+    DestinationState, Engine, EngineError, Listed, SyncMode, SyncOutcome, Target,
 };
 
 impl BrokerConnection for Connection {
@@ -52,6 +52,10 @@ impl BrokerConnection for Connection {
         target: &'a Target,
     ) -> BoxFuture<'a, Result<Option<DestinationState>, EngineError>> {
         Box::pin(self.stream_state(&target.name))
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Listed>, EngineError>> {
+        Box::pin(self.list_streams())
     }
 
     fn unsupported(&self, _spec: &DestinationSpec) -> Vec<String> {

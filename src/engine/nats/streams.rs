@@ -14,15 +14,20 @@ use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::stream::{self, Config};
 
 use super::connection::Connection;
+use futures::TryStreamExt;
+
 use crate::engine::{
     DeleteWhen, Deletion, DestinationKind, DestinationSpec, DestinationState, Discard, EngineError,
-    Storage, SyncMode, SyncOutcome,
+    Listed, Storage, SyncMode, SyncOutcome, digest, owner_kind,
 };
 
 /// The stream-metadata key that names the owning resource.
 pub const OWNER_KEY: &str = "conveyor.dev/owner";
 
 const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long listing every stream may take (the server answers in pages of 256).
+const LIST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The duplicate-detection window when the spec sets none (the server's own default).
 pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -132,6 +137,19 @@ fn state(info: &stream::Info) -> DestinationState {
     }
 }
 
+/// A listed stream, if Conveyor owns it.
+fn listed(info: &stream::Info) -> Option<Listed> {
+    let owner = info.config.metadata.get(OWNER_KEY)?;
+    let settings = serde_json::to_string(&info.config).unwrap_or_default();
+    Some(Listed {
+        kind: owner_kind(owner)?,
+        name: info.config.name.clone(),
+        owner: owner.clone(),
+        state: state(info),
+        settings: digest(&settings),
+    })
+}
+
 fn request(e: impl std::fmt::Display) -> EngineError {
     EngineError::Request(e.to_string())
 }
@@ -237,6 +255,23 @@ impl Connection {
             }
         })
         .await
+    }
+
+    /// Every stream Conveyor owns, from the paged stream listing: one request per 256 streams.
+    pub(super) async fn list_streams(&self) -> Result<Vec<Listed>, EngineError> {
+        self.require_connected()?;
+        let list = self
+            .js()
+            .streams()
+            .try_filter_map(|info| async move { Ok(listed(&info)) })
+            .try_collect::<Vec<_>>();
+        match tokio::time::timeout(LIST_TIMEOUT, list).await {
+            Err(_) => Err(EngineError::Unreachable(format!(
+                "listing streams took longer than {} s",
+                LIST_TIMEOUT.as_secs()
+            ))),
+            Ok(r) => r.map_err(request),
+        }
     }
 
     pub(super) async fn stream_state(

@@ -8,6 +8,7 @@
 //! `reject-publish` admits one message past the limit, so at most one message published after
 //! the deletion began can go with the queue.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::Map;
@@ -16,8 +17,8 @@ use super::RabbitConnection;
 use super::management::QueueInfo;
 use super::topology::{self as t};
 use crate::engine::{
-    DeleteWhen, Deletion, DestinationKind, DestinationSpec, DestinationState, EngineError,
-    SyncMode, SyncOutcome, Target,
+    DeleteWhen, Deletion, DestinationKind, DestinationSpec, DestinationState, EngineError, Listed,
+    SyncMode, SyncOutcome, Target, digest, owner_kind,
 };
 
 /// How long a blocked queue must report empty before it is deleted: longer than the lag of
@@ -197,6 +198,52 @@ impl RabbitConnection {
             )
             .await?;
         Ok(())
+    }
+
+    /// Every Queue and Topic Conveyor owns in the vhost: one listing of its queues (a Topic's
+    /// figures are its unrouted queue's) and one of its bindings (a Topic's subscriptions).
+    pub(super) async fn list_destinations(&self) -> Result<Vec<Listed>, EngineError> {
+        self.require_connected_now()?;
+        let vh = &self.vhost;
+        let queues = self.api.queues(vh).await?;
+        let bindings = self.api.bindings(vh).await?;
+        let mut from: HashMap<&str, u64> = HashMap::new();
+        for b in &bindings {
+            *from.entry(b.source.as_str()).or_default() += 1;
+        }
+        let unrouted_bound = |q: &str| {
+            bindings
+                .iter()
+                .any(|b| b.source == q && b.destination == q && b.destination_type == "queue")
+        };
+        Ok(queues
+            .iter()
+            .filter_map(|q| {
+                let owner = q.arguments.get(t::OWNER_ARG)?.as_str()?;
+                let kind = owner_kind(owner)?;
+                let name = match kind {
+                    DestinationKind::Queue => q.name.clone(),
+                    DestinationKind::Topic => q.name.strip_suffix(".unrouted")?.to_string(),
+                };
+                let subscriptions = (kind == DestinationKind::Topic)
+                    .then(|| from.get(name.as_str()).copied().unwrap_or(0));
+                let settings = serde_json::to_string(&(
+                    &q.arguments,
+                    &q.policy,
+                    &q.queue_type,
+                    q.durable,
+                    kind == DestinationKind::Topic && unrouted_bound(&q.name),
+                ))
+                .unwrap_or_default();
+                Some(Listed {
+                    kind,
+                    name,
+                    owner: owner.to_string(),
+                    state: queue_state(q, subscriptions),
+                    settings: digest(&settings),
+                })
+            })
+            .collect())
     }
 
     pub(super) async fn destination_state(

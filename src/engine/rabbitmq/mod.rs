@@ -20,7 +20,7 @@ use management::{ManagementClient, ManagementError};
 use super::registry::{Auth, ConnectRequest, Notifier};
 use super::{
     BoxFuture, BrokerConnection, BrokerInfo, DeleteWhen, Deletion, DestinationSpec,
-    DestinationState, Engine, EngineError, EngineFacts, SyncMode, SyncOutcome, Target,
+    DestinationState, Engine, EngineError, EngineFacts, Listed, SyncMode, SyncOutcome, Target,
 };
 
 /// How often the watcher asks whether the management API answers.
@@ -213,6 +213,10 @@ impl BrokerConnection for RabbitConnection {
         target: &'a Target,
     ) -> BoxFuture<'a, Result<Option<DestinationState>, EngineError>> {
         Box::pin(self.destination_state(target))
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Listed>, EngineError>> {
+        Box::pin(self.list_destinations())
     }
 
     fn unsupported(&self, spec: &DestinationSpec) -> Vec<String> {

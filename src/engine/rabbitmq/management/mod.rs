@@ -271,6 +271,11 @@ impl ManagementClient {
             .await
     }
 
+    /// Every binding of a vhost, in one request.
+    pub async fn bindings(&self, vhost: &str) -> Result<Vec<Binding>> {
+        self.get_required(&api_path(&["bindings", vhost])).await
+    }
+
     /// Every binding whose source is `exchange` (empty when it does not exist).
     pub async fn bindings_from_exchange(
         &self,

@@ -1,0 +1,394 @@
+//! Batched refresh of Queues and Topics. Instead of every resource asking the broker about its
+//! destination on a timer, one task lists each connected Broker's destinations once per
+//! refresh interval and re-triggers only the resources whose figures or settings changed.
+//!
+//! A reconcile may then skip the broker altogether: when its destination was verified against
+//! the spec by a full `ensure` within the resync interval, and a listing taken after that shows
+//! it with the settings it had then, the listing's figures are the answer. Anything else (a
+//! spec change, settings changed in the broker, a destination gone, a listing too old) takes
+//! the full path.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::sync::broadcast;
+
+use crate::controller::context::Context;
+use crate::engine::registry::BrokerKey;
+use crate::engine::{DestinationKind, DestinationState, Listed, SyncOutcome};
+use crate::metrics::OutcomeLabel;
+
+/// Brokers listed at once.
+const PARALLEL_LISTINGS: usize = 4;
+
+/// A resource whose destination changed in the broker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Changed {
+    pub kind: DestinationKind,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// The kind, namespace and name of a Queue or Topic.
+pub type ResourceKey = (DestinationKind, String, String);
+
+struct Snapshot {
+    /// When the listing was requested: it shows nothing older than this.
+    started: Instant,
+    entries: HashMap<(DestinationKind, String), Listed>,
+}
+
+/// A full `ensure` that found the destination as the spec wants it.
+struct Verified {
+    /// Digest of the wanted spec and sync mode it was checked against.
+    spec: u64,
+    at: Instant,
+    broker: BrokerKey,
+    /// The destination's settings in the first listing taken after `at`.
+    settings: Option<u64>,
+}
+
+/// The latest listing of every Broker and the verifications they vouch for.
+pub struct Listings {
+    snapshots: Mutex<HashMap<BrokerKey, Snapshot>>,
+    verified: Mutex<HashMap<ResourceKey, Verified>>,
+    changes: broadcast::Sender<Changed>,
+}
+
+impl Default for Listings {
+    fn default() -> Self {
+        Self {
+            snapshots: Mutex::default(),
+            verified: Mutex::default(),
+            changes: broadcast::channel(16 * 1024).0,
+        }
+    }
+}
+
+/// What the fast path needs to know of one reconcile.
+pub struct Lookup<'a> {
+    pub broker: &'a BrokerKey,
+    pub resource: ResourceKey,
+    pub name_in_broker: &'a str,
+    pub owner: &'a str,
+    /// Digest of the wanted spec and sync mode.
+    pub spec: u64,
+}
+
+impl Listings {
+    /// The destination's figures from the latest listing, when that listing vouches for a
+    /// full `ensure` of the same spec made within `resync`, and is itself younger than `fresh`.
+    pub fn vouched(
+        &self,
+        l: &Lookup<'_>,
+        resync: Duration,
+        fresh: Duration,
+    ) -> Option<DestinationState> {
+        let mut verified = lock(&self.verified);
+        let v = verified.get_mut(&l.resource)?;
+        if v.spec != l.spec || v.at.elapsed() > resync || &v.broker != l.broker {
+            return None;
+        }
+        let snapshots = lock(&self.snapshots);
+        let snap = snapshots.get(l.broker)?;
+        if snap.started < v.at || snap.started.elapsed() > fresh {
+            return None;
+        }
+        let entry = snap
+            .entries
+            .get(&(l.resource.0, l.name_in_broker.to_string()))?;
+        if entry.owner != l.owner {
+            return None;
+        }
+        match v.settings {
+            None => v.settings = Some(entry.settings),
+            Some(s) if s != entry.settings => return None,
+            Some(_) => {}
+        }
+        Some(entry.state)
+    }
+
+    /// Records what a full `ensure` found: a destination in line with the spec is verified,
+    /// anything else must be looked at in full again next time.
+    pub fn record(&self, l: &Lookup<'_>, outcome: &SyncOutcome) {
+        let mut verified = lock(&self.verified);
+        match outcome {
+            SyncOutcome::Created(_) | SyncOutcome::Unchanged(_) | SyncOutcome::Updated(..) => {
+                verified.insert(
+                    l.resource.clone(),
+                    Verified {
+                        spec: l.spec,
+                        at: Instant::now(),
+                        broker: l.broker.clone(),
+                        settings: None,
+                    },
+                );
+            }
+            _ => {
+                verified.remove(&l.resource);
+            }
+        }
+    }
+
+    /// Forgets a resource (it was deleted, or its destination is).
+    pub fn forget(&self, resource: &ResourceKey) {
+        lock(&self.verified).remove(resource);
+    }
+
+    /// The resources whose destinations change, for the controllers to re-trigger.
+    pub fn changes(&self) -> broadcast::Receiver<Changed> {
+        self.changes.subscribe()
+    }
+
+    /// Stores a fresh listing of `broker` and announces what changed since the previous one.
+    /// The first listing of a Broker announces nothing: every resource is reconciled at start.
+    fn store(&self, broker: BrokerKey, started: Instant, listed: Vec<Listed>) -> usize {
+        let entries: HashMap<_, _> = listed
+            .into_iter()
+            .map(|l| ((l.kind, l.name.clone()), l))
+            .collect();
+        let changes = {
+            let mut snapshots = lock(&self.snapshots);
+            let previous = snapshots.insert(broker.clone(), Snapshot { started, entries });
+            match (previous, snapshots.get(&broker)) {
+                (Some(previous), Some(current)) => differences(&previous.entries, &current.entries),
+                _ => Vec::new(),
+            }
+        };
+        let announced = changes.len();
+        for changed in changes {
+            // Nobody listening (no controller yet) is not an error.
+            let _ = self.changes.send(changed);
+        }
+        announced
+    }
+
+    /// Drops the listings of Brokers that have no connection any more, and verifications too
+    /// old to vouch for anything.
+    fn prune(&self, live: &[BrokerKey], resync: Duration) {
+        lock(&self.snapshots).retain(|k, _| live.contains(k));
+        lock(&self.verified).retain(|_, v| v.at.elapsed() <= resync);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The resources whose destination appeared, went, or changed figures or settings between two
+/// listings.
+fn differences(
+    before: &HashMap<(DestinationKind, String), Listed>,
+    after: &HashMap<(DestinationKind, String), Listed>,
+) -> Vec<Changed> {
+    let changed = after
+        .iter()
+        .filter(|(k, l)| before.get(*k) != Some(*l))
+        .map(|(_, l)| l);
+    let gone = before
+        .iter()
+        .filter(|(k, _)| !after.contains_key(*k))
+        .map(|(_, l)| l);
+    changed
+        .chain(gone)
+        .filter_map(|l| l.resource())
+        .map(|(kind, ns, name)| Changed {
+            kind,
+            namespace: ns.to_string(),
+            name: name.to_string(),
+        })
+        .collect()
+}
+
+/// Lists every connected Broker once per `ctx.config.stream_refresh`, forever.
+pub async fn run(ctx: std::sync::Arc<Context>) {
+    let period = ctx.config.stream_refresh;
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let connections = ctx.brokers.all();
+        let live: Vec<BrokerKey> = connections.iter().map(|(k, _)| k.clone()).collect();
+        ctx.listings.prune(&live, ctx.config.resync);
+        let mut listings: FuturesUnordered<_> = FuturesUnordered::new();
+        let mut pending = connections.into_iter();
+        loop {
+            while listings.len() < PARALLEL_LISTINGS {
+                let Some((key, conn)) = pending.next() else {
+                    break;
+                };
+                if conn.require_connected().is_err() {
+                    continue;
+                }
+                listings.push(async move {
+                    let started = Instant::now();
+                    (key, started, conn.list().await)
+                });
+            }
+            let Some((key, started, result)) = listings.next().await else {
+                break;
+            };
+            let outcome = if result.is_ok() { "success" } else { "error" };
+            ctx.metrics
+                .broker_listings
+                .get_or_create(&OutcomeLabel { outcome })
+                .inc();
+            match result {
+                Ok(listed) => {
+                    let n = listed.len();
+                    let announced = ctx.listings.store(key.clone(), started, listed);
+                    tracing::debug!(broker = %format!("{}/{}", key.0, key.1), destinations = n, announced, took_ms = started.elapsed().as_millis() as u64, "listed the broker");
+                }
+                Err(e) => {
+                    tracing::debug!(broker = %format!("{}/{}", key.0, key.1), error = %e, "listing the broker failed");
+                }
+            }
+        }
+    }
+}
+
+/// The changes that concern `kind` in `scope` (a namespace, or `None` for all), as a stream of
+/// (namespace, name).
+pub fn triggers(
+    changes: broadcast::Receiver<Changed>,
+    kind: DestinationKind,
+    scope: Option<String>,
+) -> impl Stream<Item = (String, String)> + Send + 'static {
+    futures::stream::unfold(changes, move |mut rx| {
+        let scope = scope.clone();
+        async move {
+            loop {
+                match rx.recv().await {
+                    Ok(c) if c.kind == kind && scope.as_ref().is_none_or(|s| *s == c.namespace) => {
+                        return Some(((c.namespace, c.name), rx));
+                    }
+                    Ok(_) => continue,
+                    // Missed changes are caught by the next resync.
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(
+                            missed = n,
+                            "Queue and Topic refresh lagged behind; the next resync catches up"
+                        );
+                        continue;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(kind: DestinationKind, name: &str, messages: u64, settings: u64) -> Listed {
+        Listed {
+            kind,
+            name: name.into(),
+            owner: format!("{} shop/{name}", kind.as_str()),
+            state: DestinationState {
+                messages,
+                ..Default::default()
+            },
+            settings,
+        }
+    }
+
+    fn key() -> BrokerKey {
+        ("shop".into(), "events".into())
+    }
+
+    #[test]
+    fn only_changed_appeared_and_gone_destinations_are_announced() {
+        let l = Listings::default();
+        let mut rx = l.changes();
+        let start = Instant::now();
+        let q = DestinationKind::Queue;
+        let first = vec![
+            listed(q, "a", 0, 1),
+            listed(q, "b", 0, 1),
+            listed(q, "c", 0, 1),
+        ];
+        assert_eq!(
+            l.store(key(), start, first),
+            0,
+            "the first listing announces nothing"
+        );
+        let second = vec![
+            listed(q, "a", 0, 1),
+            listed(q, "b", 5, 1),
+            listed(DestinationKind::Topic, "d", 0, 1),
+        ];
+        assert_eq!(l.store(key(), start + Duration::from_secs(1), second), 3);
+        let mut names = Vec::new();
+        while let Ok(c) = rx.try_recv() {
+            names.push((c.kind, c.name));
+        }
+        names.sort_by(|a, b| a.1.cmp(&b.1));
+        assert_eq!(
+            names,
+            vec![
+                (q, "b".to_string()),
+                (q, "c".to_string()),
+                (DestinationKind::Topic, "d".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_listing_vouches_only_for_a_verified_spec_with_unchanged_settings() {
+        let l = Listings::default();
+        let broker = key();
+        let lookup = |spec| Lookup {
+            broker: &broker,
+            resource: (DestinationKind::Queue, "shop".into(), "a".into()),
+            name_in_broker: "a",
+            owner: "Queue shop/a",
+            spec,
+        };
+        let (resync, fresh) = (Duration::from_secs(300), Duration::from_secs(60));
+        let q = DestinationKind::Queue;
+        l.store(broker.clone(), Instant::now(), vec![listed(q, "a", 1, 7)]);
+        assert_eq!(
+            l.vouched(&lookup(9), resync, fresh),
+            None,
+            "nothing verified yet"
+        );
+        l.record(
+            &lookup(9),
+            &SyncOutcome::Unchanged(DestinationState::default()),
+        );
+        assert_eq!(
+            l.vouched(&lookup(9), resync, fresh),
+            None,
+            "a listing older than the verification vouches for nothing"
+        );
+        l.store(broker.clone(), Instant::now(), vec![listed(q, "a", 2, 7)]);
+        assert_eq!(
+            l.vouched(&lookup(9), resync, fresh).map(|s| s.messages),
+            Some(2)
+        );
+        assert_eq!(l.vouched(&lookup(8), resync, fresh), None, "another spec");
+        l.store(broker.clone(), Instant::now(), vec![listed(q, "a", 2, 6)]);
+        assert_eq!(
+            l.vouched(&lookup(9), resync, fresh),
+            None,
+            "settings changed"
+        );
+        l.record(
+            &lookup(9),
+            &SyncOutcome::Drifted(DestinationState::default(), vec![]),
+        );
+        l.store(broker.clone(), Instant::now(), vec![listed(q, "a", 2, 6)]);
+        assert_eq!(
+            l.vouched(&lookup(9), resync, fresh),
+            None,
+            "drift is never vouched for"
+        );
+    }
+}
