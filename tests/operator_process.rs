@@ -1,5 +1,5 @@
-//! The operator as its own process against the local plane: readiness, metrics, SIGTERM, and
-//! leader election between two operators.
+//! The operator as its own process against the local plane: readiness, metrics, SIGTERM,
+//! leader election between two operators, and a lease taken away from a busy leader.
 
 mod common;
 
@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use conveyor::api::Queue;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 
 use common::operator::{LEASE, Operator};
@@ -131,4 +133,51 @@ async fn exactly_one_of_two_operators_reconciles_and_the_standby_takes_over() {
         .unwrap();
     wait_reconciled(&queues, "after").await;
     assert_eq!(standby.metric("conveyor_leader", "").await, 1.0);
+}
+
+#[tokio::test]
+async fn a_leader_whose_lease_is_taken_exits_at_once_and_without_a_panic() {
+    let (plane, ns) = setup!("operator-lease-lost");
+    common::install_crds(&plane).await;
+    let mut op = Operator::start(&plane, &ns.name, "operator-a");
+    op.wait_ready().await;
+    let leases: Api<Lease> = Api::namespaced(plane.client.clone(), &ns.name);
+    common::wait_for("the lease holder", Duration::from_secs(30), || async {
+        (holder(&leases).await.as_deref() == Some("operator-a")).then_some(())
+    })
+    .await;
+    // Work in flight: Queues whose Broker is missing keep retrying.
+    let queues: Api<Queue> = Api::namespaced(plane.client.clone(), &ns.name);
+    for i in 0..20 {
+        queues
+            .create(&PostParams::default(), &queue(&format!("busy-{i}")))
+            .await
+            .unwrap();
+    }
+    wait_reconciled(&queues, "busy-19").await;
+
+    // Another candidate takes the Lease over (as one would after a partition).
+    let mut lease = leases.get(LEASE).await.unwrap();
+    let spec = lease.spec.get_or_insert_with(Default::default);
+    spec.holder_identity = Some("usurper".into());
+    spec.lease_duration_seconds = Some(60);
+    spec.renew_time = Some(MicroTime(Timestamp::now()));
+    leases
+        .replace(LEASE, &PostParams::default(), &lease)
+        .await
+        .unwrap();
+    let taken = Instant::now();
+    let status = op
+        .wait_exit(Duration::from_secs(20))
+        .expect("the operator exits once its lease is taken");
+    eprintln!("exited {:?} after the lease was taken", taken.elapsed());
+    let log = op.log_text();
+    assert_eq!(status.code(), Some(1), "exit status {status:?}; log:\n{log}");
+    assert!(log.contains("the leader lease was taken over"), "{log}");
+    assert!(!log.contains("panicked"), "no panic on the way out:\n{log}");
+    assert_eq!(
+        holder(&leases).await.as_deref(),
+        Some("usurper"),
+        "the lost lease is not released over its new holder"
+    );
 }

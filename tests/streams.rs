@@ -179,6 +179,69 @@ async fn drift_is_repaired_or_only_reported(engine: EngineKind) {
 }
 on_both_engines!(drift_is_repaired_or_only_reported);
 
+/// Idle Queues cost one broker listing per refresh, not a reconcile and a request each; a
+/// change of figures in the broker reaches the status through that listing.
+async fn idle_queues_are_refreshed_from_one_listing(engine: EngineKind) {
+    let env = stream_env!(engine, "stream-listing", &["--stream-refresh-seconds", "1"]);
+    let names: Vec<String> = (0..5).map(|i| format!("idle-{i}")).collect();
+    for name in &names {
+        env.create_queue(name, json!({})).await;
+    }
+    for name in &names {
+        wait_condition(&env.queues, name, "Ready", "True", T).await;
+    }
+    let op = env.op.as_ref().unwrap();
+    let sample = || async {
+        (
+            op.metric("conveyor_reconciliations_total", "kind=\"Queue\"")
+                .await,
+            op.metric("conveyor_destination_checks_total", "source=\"broker\"")
+                .await,
+            op.metric("conveyor_broker_listings_total", "outcome=\"success\"")
+                .await,
+        )
+    };
+    // Let the creation settle (finalizer, first status, first listings).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (reconciles, asked, listings) = sample().await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (reconciles_after, asked_after, listings_after) = sample().await;
+    eprintln!(
+        "{engine:?} idle for 6 s with 5 Queues: {} reconciles, {} broker checks, {} listings",
+        reconciles_after - reconciles,
+        asked_after - asked,
+        listings_after - listings
+    );
+    assert!(
+        listings_after - listings >= 3.0,
+        "the Broker is listed about once a second: {listings} -> {listings_after}"
+    );
+    assert!(
+        reconciles_after - reconciles < 5.0,
+        "idle Queues are not reconciled each refresh: {reconciles} -> {reconciles_after}"
+    );
+    assert_eq!(asked_after, asked, "idle Queues do not ask the broker");
+
+    let queue = env.name_in_broker("queue", "idle-0");
+    env.broker.publish_to_queue(&queue, 3).await;
+    common::wait_for("the new depth to reach the status", T, || async {
+        let q = env.queues.get("idle-0").await.ok()?;
+        (q.status?.messages == Some(3)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        op.metric("conveyor_destination_checks_total", "source=\"broker\"")
+            .await,
+        asked,
+        "the depth came from the listing"
+    );
+    let others: Vec<_> = join_all(names[1..].iter().map(|n| env.queues.get(n))).await;
+    for q in others {
+        assert_eq!(q.unwrap().status.unwrap().messages, Some(0));
+    }
+}
+on_both_engines!(idle_queues_are_refreshed_from_one_listing);
+
 async fn a_queue_conveyor_did_not_create_is_not_taken_over(engine: EngineKind) {
     let env = stream_env!(engine, "stream-conflict");
     let name = env.name_in_broker("queue", "taken");

@@ -295,8 +295,8 @@ pub trait BrokerConnection: Send + Sync {
     ) -> BoxFuture<'a, Result<Option<DestinationState>, EngineError>>;
 
     /// Every destination Conveyor owns in the broker, with its figures, in as few requests as
-    /// the broker allows (NATS: the paged stream listing; RabbitMQ: one listing of the virtual
-    /// host's queues and one of its bindings).
+    /// the broker allows (NATS: the paged stream listing; RabbitMQ: one listing each of the
+    /// virtual host's queues, bindings, policies and exchanges).
     fn list(&self) -> BoxFuture<'_, Result<Vec<Listed>, EngineError>>;
 
     /// The settings of `spec` this engine cannot honour, each naming the field and saying

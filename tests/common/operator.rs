@@ -107,6 +107,16 @@ impl Operator {
             .sum()
     }
 
+    /// What the operator has logged so far.
+    pub fn log_text(&self) -> String {
+        let mut text = String::new();
+        let _ = self
+            .log
+            .reopen()
+            .and_then(|mut f| f.read_to_string(&mut text));
+        text
+    }
+
     pub fn signal(&self, sig: &str) {
         let status = Command::new("kill")
             .args([sig, &self.child.id().to_string()])

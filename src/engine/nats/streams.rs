@@ -140,7 +140,10 @@ fn state(info: &stream::Info) -> DestinationState {
 /// A listed stream, if Conveyor owns it.
 fn listed(info: &stream::Info) -> Option<Listed> {
     let owner = info.config.metadata.get(OWNER_KEY)?;
-    let settings = serde_json::to_string(&info.config).unwrap_or_default();
+    // The metadata map comes back in any order: digest it sorted.
+    let mut config = info.config.clone();
+    let metadata: std::collections::BTreeMap<_, _> = config.metadata.drain().collect();
+    let settings = (serde_json::to_string(&config).unwrap_or_default(), metadata);
     Some(Listed {
         kind: owner_kind(owner)?,
         name: info.config.name.clone(),

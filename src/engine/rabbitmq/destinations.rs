@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::Map;
 
 use super::RabbitConnection;
-use super::management::QueueInfo;
+use super::management::{Policy, QueueInfo};
 use super::topology::{self as t};
 use crate::engine::{
     DeleteWhen, Deletion, DestinationKind, DestinationSpec, DestinationState, EngineError, Listed,
@@ -200,13 +200,28 @@ impl RabbitConnection {
         Ok(())
     }
 
-    /// Every Queue and Topic Conveyor owns in the vhost: one listing of its queues (a Topic's
-    /// figures are its unrouted queue's) and one of its bindings (a Topic's subscriptions).
+    /// Every Queue and Topic Conveyor owns in the vhost: one listing each of its queues (a
+    /// Topic's figures are its unrouted queue's), bindings (a Topic's subscriptions), policies
+    /// (retention) and exchanges (a Topic's own and its unrouted one).
     pub(super) async fn list_destinations(&self) -> Result<Vec<Listed>, EngineError> {
         self.require_connected_now()?;
         let vh = &self.vhost;
         let queues = self.api.queues(vh).await?;
         let bindings = self.api.bindings(vh).await?;
+        let policies: HashMap<String, Policy> = self
+            .api
+            .policies(vh)
+            .await?
+            .into_iter()
+            .map(|p| (p.name, p.policy))
+            .collect();
+        let exchanges: HashMap<String, (String, bool, Map<String, serde_json::Value>)> = self
+            .api
+            .exchanges(vh)
+            .await?
+            .into_iter()
+            .map(|e| (e.name, (e.exchange_type, e.durable, e.arguments)))
+            .collect();
         let mut from: HashMap<&str, u64> = HashMap::new();
         for b in &bindings {
             *from.entry(b.source.as_str()).or_default() += 1;
@@ -233,6 +248,10 @@ impl RabbitConnection {
                     &q.queue_type,
                     q.durable,
                     kind == DestinationKind::Topic && unrouted_bound(&q.name),
+                    policies.get(&t::policy_name(&q.name)),
+                    policies.get(&t::block_policy_name(&q.name)),
+                    (kind == DestinationKind::Topic)
+                        .then(|| (exchanges.get(&name), exchanges.get(&q.name))),
                 ))
                 .unwrap_or_default();
                 Some(Listed {

@@ -226,6 +226,15 @@ impl ManagementClient {
         self.delete(&api_path(&["queues", vhost, name])).await
     }
 
+    /// Every exchange of a vhost, in one request.
+    pub async fn exchanges(&self, vhost: &str) -> Result<Vec<ExchangeInfo>> {
+        let path = format!(
+            "{}?columns=name,type,durable,arguments",
+            api_path(&["exchanges", vhost])
+        );
+        self.get_required(&path).await
+    }
+
     /// One exchange, or `None`. The empty name is the default exchange (`amq.default`).
     pub async fn exchange(&self, vhost: &str, name: &str) -> Result<Option<ExchangeInfo>> {
         let path = api_path(&["exchanges", vhost, exchange_segment(name)]);
@@ -366,6 +375,11 @@ impl ManagementClient {
             Some(properties_key),
         ))
         .await
+    }
+
+    /// Every policy of a vhost, in one request.
+    pub async fn policies(&self, vhost: &str) -> Result<Vec<NamedPolicy>> {
+        self.get_required(&api_path(&["policies", vhost])).await
     }
 
     /// One policy, or `None`.

@@ -104,6 +104,14 @@ pub struct Policy {
     pub definition: Map<String, Value>,
 }
 
+/// A policy with its name, as a vhost's policy listing shows it.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct NamedPolicy {
+    pub name: String,
+    #[serde(flatten)]
+    pub policy: Policy,
+}
+
 fn all() -> String {
     "all".into()
 }
