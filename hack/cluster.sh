@@ -551,9 +551,29 @@ status() {
   return $rc
 }
 
+# restart kube-apiserver: stops the running API server by its pid and starts it again with the
+# same command line (the chaos bench uses it); returns once it answers /readyz again.
+restart() {
+  local name=$1
+  [[ $name == kube-apiserver ]] || { echo "cluster: only kube-apiserver can be restarted" >&2; exit 2; }
+  alive "$name" || { echo "cluster: $name is not running" >&2; exit 1; }
+  local pid argv=()
+  pid=$(<"$state/pids/$name.pid")
+  mapfile -d '' argv <"/proc/$pid/cmdline"
+  kill "$pid"
+  for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  mv -f "$state/logs/$name.log" "$state/logs/$name.previous.log"
+  start "$name" "${argv[@]}"
+  local p=$state/pki port
+  port=$(printf '%s\n' "${argv[@]}" | sed -n 's/^--secure-port=//p')
+  wait_for "$name" 90 curl -fsS --cacert "$p/ca.crt" --cert "$p/admin.crt" --key "$p/admin.key" \
+    "https://127.0.0.1:$port/readyz"
+}
+
 case ${1:-} in
   up) up ;;
   down) down ;;
   status) status ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  restart) restart "${2:-}" ;;
+  *) echo "usage: $0 up|down|status|restart kube-apiserver" >&2; exit 2 ;;
 esac

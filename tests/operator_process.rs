@@ -172,7 +172,11 @@ async fn a_leader_whose_lease_is_taken_exits_at_once_and_without_a_panic() {
         .expect("the operator exits once its lease is taken");
     eprintln!("exited {:?} after the lease was taken", taken.elapsed());
     let log = op.log_text();
-    assert_eq!(status.code(), Some(1), "exit status {status:?}; log:\n{log}");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "exit status {status:?}; log:\n{log}"
+    );
     assert!(log.contains("the leader lease was taken over"), "{log}");
     assert!(!log.contains("panicked"), "no panic on the way out:\n{log}");
     assert_eq!(
