@@ -51,7 +51,12 @@ async fn operator_becomes_ready_serves_metrics_and_exits_cleanly_on_sigterm() {
     let mut op = Operator::start(&plane, &ns.name, "solo");
     op.wait_ready().await;
     assert_eq!(op.get("/healthz").await.map(|r| r.0), Some(200));
-    assert_eq!(op.metric("conveyor_leader", "").await, 1.0);
+    // Ready as a standby first, then as the leader once the lease is taken.
+    common::wait_for("the operator to lead", Duration::from_secs(30), || async {
+        (op.metric("conveyor_leader", "").await == 1.0).then_some(())
+    })
+    .await;
+    op.wait_ready().await;
 
     let queues: Api<Queue> = Api::namespaced(plane.client.clone(), &ns.name);
     queues

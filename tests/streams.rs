@@ -459,11 +459,14 @@ async fn deleting_the_namespace_deletes_what_the_policies_say(engine: EngineKind
 }
 on_both_engines!(deleting_the_namespace_deletes_what_the_policies_say);
 
-#[tokio::test]
-async fn a_namespace_deleted_while_the_operator_is_down_still_deletes_its_queues() {
+/// On RabbitMQ the Broker reads a credentials Secret, which the namespace deletion would take
+/// first: it is held by a finalizer until the Broker's own finalizer is done.
+async fn a_namespace_deleted_while_the_operator_is_down_still_deletes_its_queues(
+    engine: EngineKind,
+) {
     // The grace period counts from the deletion, so it must outlast the operator's downtime.
     let mut env = stream_env!(
-        EngineKind::Nats,
+        engine,
         "namespace-delete-operator-down",
         &["--unreachable-deletion-grace-seconds", "120"]
     );
@@ -471,6 +474,20 @@ async fn a_namespace_deleted_while_the_operator_is_down_still_deletes_its_queues
         .await;
     wait_condition(&env.queues, "gone", "Ready", "True", T).await;
     let gone = env.name_in_broker("queue", "gone");
+    if let Some((secret, _)) = env.broker.broker_spec().1 {
+        use k8s_openapi::api::core::v1::Secret;
+        let secrets: kube::Api<Secret> =
+            kube::Api::namespaced(env.plane.client.clone(), &env.ns.name);
+        common::wait_for("the credentials Secret to be held", T, || async {
+            let s = secrets.get(&secret).await.ok()?;
+            s.metadata
+                .finalizers?
+                .iter()
+                .any(|f| f == "conveyor.dev/broker-secret")
+                .then_some(())
+        })
+        .await;
+    }
     env.stop_operator();
     env.ns
         .kubectl(&["delete", "namespace", &env.ns.name, "--wait=false"]);
@@ -483,6 +500,7 @@ async fn a_namespace_deleted_while_the_operator_is_down_still_deletes_its_queues
     wait_namespace_gone(&env).await;
     assert!(!env.broker.exists(false, &gone).await);
 }
+on_both_engines!(a_namespace_deleted_while_the_operator_is_down_still_deletes_its_queues);
 
 async fn delete_namespace_and_wait(env: &Env) {
     env.ns

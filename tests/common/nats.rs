@@ -45,6 +45,11 @@ impl NatsServer {
         Some(s)
     }
 
+    /// The server's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("server.log")
     }

@@ -91,6 +91,7 @@ async fn users(ctx: &Context, broker: &Broker) -> Result<Vec<String>> {
 pub async fn cleanup_broker(obj: Arc<Broker>, ctx: Arc<Context>) -> Result<Action> {
     let waiting = users(&ctx, &obj).await?;
     if waiting.is_empty() {
+        super::credentials::release(&ctx, &obj).await?;
         ctx.brokers.remove(&super::key(&obj));
         return Ok(Action::await_change());
     }
@@ -108,6 +109,7 @@ pub async fn cleanup_broker(obj: Arc<Broker>, ctx: Arc<Context>) -> Result<Actio
             ctx.config.deletion_grace.as_secs()
         );
         publish(&ctx, &*obj, EventType::Warning, "UsersLeftInBroker", note).await;
+        super::credentials::release(&ctx, &obj).await?;
         ctx.brokers.remove(&super::key(&obj));
         return Ok(Action::await_change());
     }

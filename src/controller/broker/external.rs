@@ -38,6 +38,11 @@ pub async fn reconcile(obj: &Broker, ctx: &Context) -> Result<Observed> {
             });
         }
     };
+    // Keep the Secrets readable until the Broker is gone (see `credentials`); a failure here
+    // does not stop the Broker from connecting.
+    if let Err(e) = super::credentials::hold(ctx, obj).await {
+        tracing::warn!(broker = %obj.name_any(), error = %e, "could not hold the Broker's Secrets for its deletion");
+    }
     let probed = probe(ctx, &super::key(obj), &req).await;
     let ready = match (&probed.not_ready, &probed.info) {
         (Some(not_ready), _) => not_ready.clone(),

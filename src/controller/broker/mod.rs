@@ -4,6 +4,7 @@
 //! connection and report what the broker says about itself.
 
 pub mod cleanup;
+pub mod credentials;
 pub mod external;
 pub mod managed;
 pub mod scale;
@@ -23,7 +24,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
 use super::context::Context;
-use super::driver::{Reconcile, scoped_api};
+use super::driver::{Reconcile, dependents, scoped_api};
 use super::error::Result;
 use super::status::{api_for, apply_status};
 use crate::api::broker::{JetStreamLimits, NatsStatus, RabbitmqStatus};
@@ -126,6 +127,13 @@ impl Reconcile for Broker {
         let topics: Api<Topic> = scoped_api(&ctx.client, ns);
         // Only the owner references of the StatefulSets are read: a metadata watch.
         let sets = watcher(sets, owned).default_backoff().touched_objects();
+        // Only the Secrets held for Brokers, and only their metadata: a change (rotation,
+        // deletion) re-reconciles the Brokers that read them.
+        let secrets: Api<PartialObjectMeta<Secret>> = scoped_api(&ctx.client, ns);
+        let held =
+            watcher::Config::default().labels(&format!("{}=true", credentials::SECRET_LABEL));
+        let secrets = watcher(secrets, held).default_backoff().touched_objects();
+        let store = controller.store();
         controller
             .owns_stream(sets)
             .watches(queues, watcher::Config::default(), |q: Queue| {
@@ -133,6 +141,12 @@ impl Reconcile for Broker {
             })
             .watches(topics, watcher::Config::default(), |t: Topic| {
                 broker_of(&t.metadata, &t.spec.broker_ref)
+            })
+            .watches_stream(secrets, move |secret: PartialObjectMeta<Secret>| {
+                let (ns, name) = (secret.namespace(), secret.name_any());
+                dependents(&store, |b: &Broker| {
+                    b.namespace() == ns && credentials::secrets_of(b).contains(&name)
+                })
             })
             .reconcile_on(changes)
     }

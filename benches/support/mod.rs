@@ -1,0 +1,205 @@
+//! What the scale and chaos benches share: creating many Queues and Topics, counting how many
+//! are Ready, a process's CPU time and resident memory, and deleting a namespace to the end.
+//! Each bench uses part of it.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use conveyor::api::{Queue, Topic};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use serde_json::json;
+
+/// Objects created at once.
+const IN_FLIGHT: usize = 32;
+
+/// The name of the `i`-th object: even ones are Queues, odd ones Topics.
+pub fn object_name(i: usize) -> String {
+    format!("obj-{i:05}")
+}
+
+/// Creates `n` objects (half Queues, half Topics, `deletionPolicy: Delete`) on the Broker
+/// `events`, retrying each until the API server takes it (it may be restarting).
+pub async fn create_objects(client: &kube::Client, ns: &str, n: usize) {
+    let queues: Api<Queue> = Api::namespaced(client.clone(), ns);
+    let topics: Api<Topic> = Api::namespaced(client.clone(), ns);
+    futures::stream::iter(0..n)
+        .for_each_concurrent(IN_FLIGHT, |i| {
+            let (queues, topics) = (queues.clone(), topics.clone());
+            async move {
+                let name = object_name(i);
+                let spec = json!({"brokerRef": {"name": "events"}, "deletionPolicy": "Delete"});
+                loop {
+                    let result = if i % 2 == 0 {
+                        let q: Queue = serde_json::from_value(json!({
+                            "apiVersion": "conveyor.dev/v1alpha1", "kind": "Queue",
+                            "metadata": {"name": name}, "spec": spec
+                        }))
+                        .unwrap();
+                        queues.create(&PostParams::default(), &q).await.map(|_| ())
+                    } else {
+                        let t: Topic = serde_json::from_value(json!({
+                            "apiVersion": "conveyor.dev/v1alpha1", "kind": "Topic",
+                            "metadata": {"name": name}, "spec": spec
+                        }))
+                        .unwrap();
+                        topics.create(&PostParams::default(), &t).await.map(|_| ())
+                    };
+                    match result {
+                        Ok(()) => return,
+                        Err(kube::Error::Api(s)) if s.code == 409 => return,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                    }
+                }
+            }
+        })
+        .await;
+}
+
+fn ready(conditions: &conveyor::api::common::Conditions) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+/// How many Queues and Topics in `ns` are Ready; `None` when the API server did not answer.
+pub async fn count_ready(client: &kube::Client, ns: &str) -> Option<usize> {
+    let queues: Api<Queue> = Api::namespaced(client.clone(), ns);
+    let topics: Api<Topic> = Api::namespaced(client.clone(), ns);
+    let mut n = 0;
+    let mut token: Option<String> = None;
+    loop {
+        let mut lp = ListParams::default().limit(1000);
+        if let Some(t) = &token {
+            lp = lp.continue_token(t);
+        }
+        let page = queues.list(&lp).await.ok()?;
+        n += page
+            .items
+            .iter()
+            .filter(|q| q.status.as_ref().is_some_and(|s| ready(&s.conditions)))
+            .count();
+        token = page.metadata.continue_.filter(|t| !t.is_empty());
+        if token.is_none() {
+            break;
+        }
+    }
+    loop {
+        let mut lp = ListParams::default().limit(1000);
+        if let Some(t) = &token {
+            lp = lp.continue_token(t);
+        }
+        let page = topics.list(&lp).await.ok()?;
+        n += page
+            .items
+            .iter()
+            .filter(|t| t.status.as_ref().is_some_and(|s| ready(&s.conditions)))
+            .count();
+        token = page.metadata.continue_.filter(|t| !t.is_empty());
+        if token.is_none() {
+            break;
+        }
+    }
+    Some(n)
+}
+
+/// A process's CPU time (user + system) so far.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on Linux.
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// A process's resident memory in MiB.
+pub fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Deletes `ns` and waits until it is gone; returns how long that took, or `None` after
+/// `timeout`.
+pub async fn delete_namespace(
+    client: &kube::Client,
+    ns: &str,
+    timeout: Duration,
+) -> Option<Duration> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        match api.delete(ns, &DeleteParams::default()).await {
+            Ok(_) => break,
+            Err(kube::Error::Api(s)) if s.code == 404 => return Some(start.elapsed()),
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+    while start.elapsed() < timeout {
+        if let Ok(None) = api.get_opt(ns).await {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    None
+}
+
+/// A small pseudo-random sequence (xorshift), seeded from the clock unless
+/// `CONVEYOR_BENCH_SEED` is set, so that a run can be repeated.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new() -> Self {
+        let seed = std::env::var("CONVEYOR_BENCH_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+        eprintln!("bench: seed {seed} (set CONVEYOR_BENCH_SEED to repeat)");
+        Self(seed | 1)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+/// Min, median and max of some durations, in seconds.
+pub fn spread(mut d: Vec<Duration>) -> String {
+    if d.is_empty() {
+        return "none".into();
+    }
+    d.sort();
+    let s = |x: Duration| format!("{:.1}", x.as_secs_f64());
+    format!(
+        "min {} s, median {} s, max {} s",
+        s(d[0]),
+        s(d[d.len() / 2]),
+        s(d[d.len() - 1])
+    )
+}
+
+/// An environment variable as a number, or `default`.
+pub fn setting(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
