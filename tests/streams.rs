@@ -465,10 +465,19 @@ async fn a_namespace_deleted_while_the_operator_is_down_still_deletes_its_queues
     engine: EngineKind,
 ) {
     // The grace period counts from the deletion, so it must outlast the operator's downtime.
+    // The Lease lives outside the namespace being deleted, as it does in a real installation.
+    let lease = format!("namespace-delete-{}-{}", engine.name(), std::process::id());
     let mut env = stream_env!(
         engine,
         "namespace-delete-operator-down",
-        &["--unreachable-deletion-grace-seconds", "120"]
+        &[
+            "--unreachable-deletion-grace-seconds",
+            "120",
+            "--lease-namespace",
+            "default",
+            "--lease-name",
+            &lease
+        ]
     );
     env.create_queue("gone", json!({"deletionPolicy": "Delete"}))
         .await;
@@ -491,7 +500,23 @@ async fn a_namespace_deleted_while_the_operator_is_down_still_deletes_its_queues
     env.stop_operator();
     env.ns
         .kubectl(&["delete", "namespace", &env.ns.name, "--wait=false"]);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Wait until the namespace controller has deleted the namespace's content (the Secret
+    // first of all: nothing holds it but Conveyor's finalizer).
+    let secret = env.broker.broker_spec().1.map(|(name, _)| name);
+    common::wait_for("the namespace's content to be deleted", T, || async {
+        let queue = env.queues.get("gone").await.ok()?;
+        queue.metadata.deletion_timestamp.as_ref()?;
+        if let Some(name) = &secret {
+            use k8s_openapi::api::core::v1::Secret;
+            let secrets: kube::Api<Secret> =
+                kube::Api::namespaced(env.plane.client.clone(), &env.ns.name);
+            if let Some(s) = secrets.get_opt(name).await.ok()? {
+                s.metadata.deletion_timestamp.as_ref()?;
+            }
+        }
+        Some(())
+    })
+    .await;
     assert!(
         env.broker.exists(false, &gone).await,
         "nothing is deleted while the operator is down"
@@ -499,6 +524,10 @@ async fn a_namespace_deleted_while_the_operator_is_down_still_deletes_its_queues
     env.start_operator();
     wait_namespace_gone(&env).await;
     assert!(!env.broker.exists(false, &gone).await);
+    env.stop_operator();
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(env.plane.client.clone(), "default");
+    let _ = leases.delete(&lease, &DeleteParams::default()).await;
 }
 on_both_engines!(a_namespace_deleted_while_the_operator_is_down_still_deletes_its_queues);
 
