@@ -118,7 +118,18 @@ async fn trial(
     let client = plane.client.clone();
     let ns = common::TestNamespace::create(&plane, &format!("chaos-{i}")).await;
     let ns_name = ns.name.clone();
-    let args = ["--lease-duration-seconds", "15"];
+    // The Lease lives outside the namespace the trial deletes, as in a real installation.
+    let lease = format!("conveyor-chaos-{}", std::process::id());
+    let args = [
+        "--lease-namespace",
+        "default",
+        "--lease-name",
+        &lease,
+        "--lease-duration-seconds",
+        "15",
+        "--unreachable-deletion-grace-seconds",
+        "300",
+    ];
     let mut env = Env::start(EngineKind::Nats, "chaos", plane, ns, &args).await?;
     let expected: BTreeSet<String> = (0..objects)
         .map(|j| {
@@ -204,6 +215,8 @@ async fn trial(
     };
     let deleted = support::delete_namespace(&client, &ns_name, CONVERGE_LIMIT).await;
     let left = stream_names(&env.broker).await.map(|s| s.len());
+    env.stop_operator();
+    support::delete_lease(&client, &lease).await;
     if left != Some(0) {
         eprintln!(
             "chaos: trial {}: {left:?} streams left after the namespace was deleted",

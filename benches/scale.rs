@@ -2,8 +2,10 @@
 //! Broker while the operator is stopped, then the operator started. Prints the time until all
 //! are Ready, the operator's resident memory, and over the next idle period
 //! (`CONVEYOR_SCALE_IDLE_SECONDS`, 300) the operator's and nats-server's CPU and the operator's
-//! API writes; then the time to delete the namespace with all of them, and what was left in the
-//! broker. Figures, not pass/fail: it fails only when something does not converge.
+//! API writes, and nats-server's CPU with the operator stopped for comparison; then the time
+//! to delete the namespace with all of them, and what was left in the broker. The operator runs
+//! with its production defaults (`CONVEYOR_KUBE_API_QPS` and `CONVEYOR_KUBE_API_BURST` override
+//! its client-side rate limit). Figures, not pass/fail: it fails only when something does not converge.
 //!
 //! Run with `hack/scale.sh` (it starts the local plane if needed).
 
@@ -50,7 +52,26 @@ async fn run() {
     let ns_name = ns.name.clone();
     // The operator's own defaults, except the namespace it watches (tests pass a 3 s lease and
     // a 60 s resync).
-    let args = ["--lease-duration-seconds", "15", "--resync-seconds", "300"];
+    let qps = std::env::var("CONVEYOR_KUBE_API_QPS").unwrap_or_else(|_| "500".into());
+    let burst = std::env::var("CONVEYOR_KUBE_API_BURST").unwrap_or_else(|_| "1000".into());
+    // The Lease lives outside the namespace the bench deletes, as in a real installation.
+    let lease = format!("conveyor-scale-{}", std::process::id());
+    let args = [
+        "--lease-namespace",
+        "default",
+        "--lease-name",
+        &lease,
+        "--lease-duration-seconds",
+        "15",
+        "--resync-seconds",
+        "300",
+        "--unreachable-deletion-grace-seconds",
+        "300",
+        "--kube-api-qps",
+        &qps,
+        "--kube-api-burst",
+        &burst,
+    ];
     let Some(mut env) = Env::start(EngineKind::Nats, "scale", plane, ns, &args).await else {
         return;
     };
@@ -156,6 +177,21 @@ async fn run() {
         idle.as_secs()
     );
 
+    // What nats-server costs with these streams and no operator at all, for comparison.
+    env.stop_operator();
+    let baseline = Duration::from_secs(60).min(idle);
+    let before = support::cpu_time(nats_pid);
+    tokio::time::sleep(baseline).await;
+    let nats_alone = match (before, support::cpu_time(nats_pid)) {
+        (Some(b), Some(a)) => 100.0 * (a - b).as_secs_f64() / baseline.as_secs_f64(),
+        _ => f64::NAN,
+    };
+    println!(
+        "scale: nats-server alone with the same streams and the operator stopped: {nats_alone:.2} % of a core over {} s",
+        baseline.as_secs()
+    );
+    env.start_operator();
+
     let streams = env.broker.count_queues().await;
     let deleted = support::delete_namespace(&client, &ns_name, Duration::from_secs(1800)).await;
     let left = env.broker.count_queues().await;
@@ -166,5 +202,7 @@ async fn run() {
             d.as_secs_f64()
         ))
     );
+    env.stop_operator();
+    support::delete_lease(&client, &lease).await;
     assert!(deleted.is_some(), "the namespace was not deleted");
 }

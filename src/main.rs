@@ -100,10 +100,10 @@ struct RunArgs {
     stream_refresh_seconds: u64,
     /// Requests per second the controllers may send to the Kubernetes API server, on average
     /// (a client-side limit; the leader election has a client of its own and is not limited).
-    #[arg(long, env = "CONVEYOR_KUBE_API_QPS", default_value_t = 100.0)]
+    #[arg(long, env = "CONVEYOR_KUBE_API_QPS", default_value_t = 500.0)]
     kube_api_qps: f64,
     /// Requests the controllers may send at once after being idle, above the average rate.
-    #[arg(long, env = "CONVEYOR_KUBE_API_BURST", default_value_t = 200)]
+    #[arg(long, env = "CONVEYOR_KUBE_API_BURST", default_value_t = 1000)]
     kube_api_burst: u32,
     /// Reconciles that may run at once, per kind and watched namespace.
     #[arg(long, env = "CONVEYOR_MAX_CONCURRENT_RECONCILES", default_value_t = 16)]

@@ -203,3 +203,10 @@ pub fn setting(name: &str, default: u64) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// Deletes the bench's Lease in `default`.
+pub async fn delete_lease(client: &kube::Client, name: &str) {
+    let api: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), "default");
+    let _ = api.delete(name, &DeleteParams::default()).await;
+}

@@ -8,6 +8,7 @@ use std::time::Duration;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 
+use super::broker::cleanup::Progress;
 use super::cache::BrokerCache;
 use super::stream::refresh::Listings;
 use crate::engine::destinations::Destinations;
@@ -67,6 +68,8 @@ pub struct Context {
     pub broker_cache: BrokerCache,
     /// The latest listing of each Broker's destinations.
     pub listings: Listings,
+    /// How the deletions of Brokers waiting for their users progress.
+    pub broker_deletions: Progress,
     backoff: Mutex<HashMap<String, u32>>,
 }
 
@@ -81,6 +84,7 @@ impl Context {
         Self {
             broker_cache,
             listings: Listings::default(),
+            broker_deletions: Progress::default(),
             client,
             config,
             metrics,

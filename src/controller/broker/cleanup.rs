@@ -2,14 +2,15 @@
 //! Topic that uses it and still has something to delete in the broker (`deletionPolicy`
 //! `Delete` or `DeleteIfEmpty`, declared there) is gone. So deleting a namespace deletes its
 //! `Delete` queues in the broker instead of finding the Broker gone first, and keeps `Retain`
-//! ones. The wait is bounded by the operator's deletion grace period, after which the Broker
-//! goes and an Event names the resources it left behind.
+//! ones. A wait that goes nowhere (the broker unreachable, or no user finishing) is bounded by
+//! the operator's deletion grace period, after which the Broker goes and an Event names the
+//! resources it left behind.
 
 use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::Api;
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 
@@ -22,6 +23,7 @@ use crate::controller::error::{Error, Result};
 use crate::controller::refs;
 use crate::controller::status::{api_for, apply_status};
 use crate::controller::stream::StreamKind;
+use crate::engine::registry::BrokerKey;
 
 /// The finalizer that keeps a Broker until its users' broker-side objects are deleted.
 pub const BROKER_FINALIZER: &str = "conveyor.dev/broker";
@@ -47,7 +49,8 @@ async fn users_of_kind<K: StreamKind>(
     key: (&str, &str),
 ) -> Result<Vec<String>> {
     let api: Api<K> = scoped_api(&ctx.client, scope);
-    let list = api.list(&Default::default()).await?.items;
+    // From the API server's watch cache: this runs again as each user goes.
+    let list = api.list(&ListParams::default().match_any()).await?.items;
     Ok(list
         .iter()
         .filter(|o| {
@@ -70,7 +73,10 @@ async fn users_of_kind<K: StreamKind>(
 async fn users(ctx: &Context, broker: &Broker) -> Result<Vec<String>> {
     let (b_ns, b_name) = (broker.namespace().unwrap_or_default(), broker.name_any());
     let key = (b_ns.as_str(), b_name.as_str());
-    let scopes: Vec<Option<&str>> = if ctx.config.namespaces.is_empty() {
+    // A Broker that admits no other namespace has users only in its own.
+    let scopes: Vec<Option<&str>> = if broker.spec.allowed_namespaces.is_empty() {
+        vec![Some(b_ns.as_str())]
+    } else if ctx.config.namespaces.is_empty() {
         vec![None]
     } else {
         ctx.config
@@ -88,6 +94,48 @@ async fn users(ctx: &Context, broker: &Broker) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// How Brokers' deletions progress: when each last saw its count of waiting users fall.
+#[derive(Default)]
+pub struct Progress {
+    seen: std::sync::Mutex<std::collections::HashMap<BrokerKey, (usize, std::time::Instant)>>,
+}
+
+impl Progress {
+    /// Records that `key` waits for `waiting` users; returns how long that count has not fallen
+    /// (zero the first time this process sees it).
+    pub fn stalled_for(&self, key: &BrokerKey, waiting: usize) -> std::time::Duration {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        let entry = seen.entry(key.clone()).or_insert((waiting, now));
+        if waiting < entry.0 {
+            *entry = (waiting, now);
+        }
+        now - entry.1
+    }
+
+    pub fn forget(&self, key: &BrokerKey) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+}
+
+/// The first few names of a list and how many more there are.
+fn summary(names: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut out = names
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        out.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    out
+}
+
 pub async fn cleanup_broker(obj: Arc<Broker>, ctx: Arc<Context>) -> Result<Action> {
     let waiting = users(&ctx, &obj).await?;
     if waiting.is_empty() {
@@ -102,15 +150,26 @@ pub async fn cleanup_broker(obj: Arc<Broker>, ctx: Arc<Context>) -> Result<Actio
         .map(|t| t.0)
         .unwrap_or_else(Timestamp::now);
     let waited = Timestamp::now().duration_since(since).unsigned_abs();
-    let list = waiting.join(", ");
-    if waited >= ctx.config.deletion_grace {
+    let list = summary(&waiting);
+    // The grace bounds a wait that goes nowhere: on an unreachable broker, or on users that
+    // delete nothing (a DeleteIfEmpty queue that keeps its messages). While the broker answers
+    // and users keep going, however many there are, the Broker waits for them.
+    let key = super::key(&obj);
+    let connected = ctx
+        .brokers
+        .get(&key)
+        .is_some_and(|c| c.require_connected().is_ok());
+    let stalled = ctx.broker_deletions.stalled_for(&key, waiting.len());
+    let grace = ctx.config.deletion_grace;
+    if waited >= grace && (!connected || stalled >= grace) {
         let note = format!(
             "deleted after waiting {}s for {list} to delete their objects in the broker; they stay there",
             ctx.config.deletion_grace.as_secs()
         );
         publish(&ctx, &*obj, EventType::Warning, "UsersLeftInBroker", note).await;
         super::credentials::release(&ctx, &obj).await?;
-        ctx.brokers.remove(&super::key(&obj));
+        ctx.broker_deletions.forget(&key);
+        ctx.brokers.remove(&key);
         return Ok(Action::await_change());
     }
     let msg = format!(
@@ -148,6 +207,28 @@ mod tests {
             declared: Some(true),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn progress_restarts_the_stall_clock_only_when_fewer_users_wait() {
+        let p = Progress::default();
+        let key = ("shop".to_string(), "events".to_string());
+        assert_eq!(p.stalled_for(&key, 10), std::time::Duration::ZERO);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(p.stalled_for(&key, 10) >= std::time::Duration::from_millis(20));
+        assert!(p.stalled_for(&key, 9) < std::time::Duration::from_millis(20));
+        p.forget(&key);
+        assert_eq!(p.stalled_for(&key, 9), std::time::Duration::ZERO);
+    }
+
+    #[test]
+    fn long_lists_of_users_are_summarised() {
+        let names: Vec<String> = (0..8).map(|i| format!("Queue shop/q{i}")).collect();
+        assert_eq!(
+            summary(&names),
+            "Queue shop/q0, Queue shop/q1, Queue shop/q2, Queue shop/q3, Queue shop/q4 and 3 more"
+        );
+        assert_eq!(summary(&names[..1]), "Queue shop/q0");
     }
 
     #[test]
