@@ -30,7 +30,7 @@ run() {
 }
 echo "== Conveyor figures ($(nproc) cores) =="
 for engine in on_nats on_rabbitmq; do
-  run streams "two_hundred_queues_applied_at_once_all_become_ready::$engine" "Queues applied at once|depth refresh"
+  run streams "two_hundred_queues_applied_at_once_all_become_ready::$engine" "Queues applied at once|depth refresh|full check"
   run streams "a_queue_created_while_the_broker_is_down_converges_when_it_returns::$engine" "became Ready"
 done
 run broker_external external_broker_follows_the_server_going_away_and_coming_back "Reachable went False"
@@ -38,3 +38,4 @@ run broker_rabbitmq an_external_rabbitmq_reports_itself_and_follows_the_broker "
 run rabbitmq_config the_rendered_configuration_boots_a_real_node "booted in"
 run operator_process exactly_one_of_two_operators_reconciles_and_the_standby_takes_over "took over"
 run operator_process operator_becomes_ready_serves_metrics_and_exits_cleanly_on_sigterm "after SIGTERM"
+echo "(hack/scale.sh and hack/chaos.sh run the 10,000-object scale bench and the 20-trial chaos bench)"

@@ -108,6 +108,15 @@ struct RunArgs {
     /// Reconciles that may run at once, per kind and watched namespace.
     #[arg(long, env = "CONVEYOR_MAX_CONCURRENT_RECONCILES", default_value_t = 16)]
     max_concurrent_reconciles: u16,
+    /// Seconds between full checks of a Queue or Topic against the broker; in between, the
+    /// Broker listing (every refresh) answers for it as long as its settings there stay as
+    /// they were.
+    #[arg(
+        long,
+        env = "CONVEYOR_STREAM_FULL_CHECK_SECONDS",
+        default_value_t = 3600
+    )]
+    stream_full_check_seconds: u64,
     /// Seconds between reconciliations of an unchanged object.
     #[arg(long, env = "CONVEYOR_RESYNC_SECONDS", default_value_t = 300)]
     resync_seconds: u64,
@@ -163,6 +172,7 @@ async fn run_operator(args: RunArgs) -> Result<(), String> {
                 .collect(),
             resync: Duration::from_secs(args.resync_seconds.max(1)),
             stream_refresh: Duration::from_secs(args.stream_refresh_seconds.max(1)),
+            full_check: Duration::from_secs(args.stream_full_check_seconds.max(1)),
             instance: args.identity,
             destinations,
             operator_namespace: args.operator_namespace,

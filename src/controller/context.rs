@@ -27,6 +27,9 @@ pub struct Config {
     pub resync: Duration,
     /// How often a Queue's or Topic's depth in status is refreshed (and drift looked for).
     pub stream_refresh: Duration,
+    /// How often a Queue or Topic is checked against the broker in full rather than from the
+    /// Broker listing.
+    pub full_check: Duration,
     /// This process's name in Events (the pod name in a cluster).
     pub instance: Option<String>,
     /// Where external Brokers may point.

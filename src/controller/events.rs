@@ -36,7 +36,11 @@ pub async fn publish(ctx: &Context, event: &Event, reference: &ObjectReference) 
         .name
         .as_ref()
         .is_some_and(|n| n.len() > RECORDER_NAME_LIMIT);
-    let result = if long {
+    // Normal Events report one-off actions (a stream created or deleted); they need no series,
+    // and the recorder would keep each one in memory for minutes: 10,000 objects created at
+    // once would hold 10,000 Events.
+    let once = event.type_ == kube::runtime::events::EventType::Normal;
+    let result = if long || once {
         create(ctx, event, reference).await
     } else {
         ctx.recorder.publish(event, reference).await

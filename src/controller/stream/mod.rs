@@ -213,7 +213,7 @@ async fn apply_stream<K: StreamKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<A
         return Err(e);
     }
     // Figures are refreshed by the Broker listing, which re-triggers this resource when they
-    // change; the resync re-checks the destination in full.
+    // change; the destination is checked in full once per full-check interval.
     Ok(Action::requeue(pass.requeue.unwrap_or(ctx.config.resync)))
 }
 
@@ -252,7 +252,7 @@ async fn sync_stream<K: StreamKind>(obj: &K, ctx: &Context) -> Result<Pass> {
         spec: digest(&(format!("{wanted:?}"), mode.create, mode.repair)),
     };
     let fresh = ctx.config.stream_refresh * 2 + Duration::from_secs(5);
-    let vouched = ctx.listings.vouched(&lookup, ctx.config.resync, fresh);
+    let vouched = ctx.listings.vouched(&lookup, ctx.config.full_check, fresh);
     let source = if vouched.is_some() {
         "listing"
     } else {

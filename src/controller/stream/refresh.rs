@@ -3,8 +3,8 @@
 //! refresh interval and re-triggers only the resources whose figures or settings changed.
 //!
 //! A reconcile may then skip the broker altogether: when its destination was verified against
-//! the spec by a full `ensure` within the resync interval, and a listing taken after that shows
-//! it with the settings it had then, the listing's figures are the answer. Anything else (a
+//! the spec by a full `ensure` within the full-check interval, and a listing taken after that
+//! shows it with the settings it had then, the listing's figures are the answer. Anything else (a
 //! spec change, settings changed in the broker, a destination gone, a listing too old) takes
 //! the full path.
 
@@ -81,16 +81,17 @@ pub struct Lookup<'a> {
 
 impl Listings {
     /// The destination's figures from the latest listing, when that listing vouches for a
-    /// full `ensure` of the same spec made within `resync`, and is itself younger than `fresh`.
+    /// full `ensure` of the same spec made within `full_check`, and is itself younger than
+    /// `fresh`.
     pub fn vouched(
         &self,
         l: &Lookup<'_>,
-        resync: Duration,
+        full_check: Duration,
         fresh: Duration,
     ) -> Option<DestinationState> {
         let mut verified = lock(&self.verified);
         let v = verified.get_mut(&l.resource)?;
-        if v.spec != l.spec || v.at.elapsed() > resync || &v.broker != l.broker {
+        if v.spec != l.spec || v.at.elapsed() > full_check || &v.broker != l.broker {
             return None;
         }
         let snapshots = lock(&self.snapshots);
@@ -169,9 +170,9 @@ impl Listings {
 
     /// Drops the listings of Brokers that have no connection any more, and verifications too
     /// old to vouch for anything.
-    fn prune(&self, live: &[BrokerKey], resync: Duration) {
+    fn prune(&self, live: &[BrokerKey], full_check: Duration) {
         lock(&self.snapshots).retain(|k, _| live.contains(k));
-        lock(&self.verified).retain(|_, v| v.at.elapsed() <= resync);
+        lock(&self.verified).retain(|_, v| v.at.elapsed() <= full_check);
     }
 }
 
@@ -213,7 +214,7 @@ pub async fn run(ctx: std::sync::Arc<Context>) {
         tick.tick().await;
         let connections = ctx.brokers.all();
         let live: Vec<BrokerKey> = connections.iter().map(|(k, _)| k.clone()).collect();
-        ctx.listings.prune(&live, ctx.config.resync);
+        ctx.listings.prune(&live, ctx.config.full_check);
         let mut listings: FuturesUnordered<_> = FuturesUnordered::new();
         let mut pending = connections.into_iter();
         loop {
