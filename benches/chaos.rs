@@ -118,18 +118,9 @@ async fn trial(
     let client = plane.client.clone();
     let ns = common::TestNamespace::create(&plane, &format!("chaos-{i}")).await;
     let ns_name = ns.name.clone();
-    // The Lease lives outside the namespace the trial deletes, as in a real installation.
     let lease = format!("conveyor-chaos-{}", std::process::id());
-    let args = [
-        "--lease-namespace",
-        "default",
-        "--lease-name",
-        &lease,
-        "--lease-duration-seconds",
-        "15",
-        "--unreachable-deletion-grace-seconds",
-        "300",
-    ];
+    let args = support::operator_args(&lease);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut env = Env::start(EngineKind::Nats, "chaos", plane, ns, &args).await?;
     let expected: BTreeSet<String> = (0..objects)
         .map(|j| {
@@ -156,7 +147,10 @@ async fn trial(
             applied_at = Some(Instant::now());
         }
         if !killed && start.elapsed() >= kill_at {
-            env.op.as_ref().expect("operator").signal("-KILL");
+            // It may have died already (a restarted API server can cost it its lease).
+            if let Some(op) = env.op.as_mut() {
+                let _ = op.child.kill();
+            }
             killed = true;
         }
         if !disrupted && start.elapsed() >= disrupt_at {
@@ -215,7 +209,10 @@ async fn trial(
     };
     let deleted = support::delete_namespace(&client, &ns_name, CONVERGE_LIMIT).await;
     let left = stream_names(&env.broker).await.map(|s| s.len());
-    env.stop_operator();
+    if let Some(mut op) = env.op.take() {
+        let _ = op.child.kill();
+        let _ = op.child.wait();
+    }
     support::delete_lease(&client, &lease).await;
     if left != Some(0) {
         eprintln!(

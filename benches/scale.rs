@@ -52,26 +52,16 @@ async fn run() {
     let ns_name = ns.name.clone();
     // The operator's own defaults, except the namespace it watches (tests pass a 3 s lease and
     // a 60 s resync).
-    let qps = std::env::var("CONVEYOR_KUBE_API_QPS").unwrap_or_else(|_| "500".into());
-    let burst = std::env::var("CONVEYOR_KUBE_API_BURST").unwrap_or_else(|_| "1000".into());
-    // The Lease lives outside the namespace the bench deletes, as in a real installation.
     let lease = format!("conveyor-scale-{}", std::process::id());
-    let args = [
-        "--lease-namespace",
-        "default",
-        "--lease-name",
-        &lease,
-        "--lease-duration-seconds",
-        "15",
-        "--resync-seconds",
-        "300",
-        "--unreachable-deletion-grace-seconds",
-        "300",
-        "--kube-api-qps",
-        &qps,
-        "--kube-api-burst",
-        &burst,
-    ];
+    let mut args = support::operator_args(&lease);
+    for (flag, var, default) in [
+        ("--kube-api-qps", "CONVEYOR_KUBE_API_QPS", "500"),
+        ("--kube-api-burst", "CONVEYOR_KUBE_API_BURST", "1000"),
+    ] {
+        args.push(flag.into());
+        args.push(std::env::var(var).unwrap_or_else(|_| default.into()));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let Some(mut env) = Env::start(EngineKind::Nats, "scale", plane, ns, &args).await else {
         return;
     };

@@ -5,22 +5,10 @@
 # away and coming back, how fast a Queue converges after an outage, and leader handover and
 # shutdown times. Figures, not pass/fail thresholds.
 set -euo pipefail
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$root"
-
-hack/prereqs.sh
-started=
-if ! hack/cluster.sh status >/dev/null 2>&1; then
-  hack/cluster.sh up
-  started=1
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+if [[ -z ${CONVEYOR_WITH_PLANE:-} ]]; then
+  exec "$here/with-plane.sh" "$here/$(basename "${BASH_SOURCE[0]}")" "$@"
 fi
-cleanup() {
-  if [[ -n $started ]]; then hack/cluster.sh down; fi
-}
-trap cleanup EXIT
-# shellcheck source=/dev/null
-source .cluster/env
-export CONVEYOR_REQUIRE_CLUSTER=1
 
 run() {
   cargo test --locked --quiet --test "$1" "$2" -- --exact --nocapture 2>&1 | grep -E "$3" || {

@@ -5,22 +5,11 @@
 # .cluster/env says it is running, runs every test with CONVEYOR_REQUIRE_CLUSTER=1 (so nothing
 # skips), and stops the plane again if this script started it. Extra arguments go to cargo test.
 set -euo pipefail
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$root"
-
-hack/prereqs.sh
-started=
-if [[ ! -f .cluster/env ]] || ! hack/cluster.sh status >/dev/null 2>&1; then
-  hack/cluster.sh up
-  started=1
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+if [[ -z ${CONVEYOR_WITH_PLANE:-} ]]; then
+  exec "$here/with-plane.sh" "$here/$(basename "${BASH_SOURCE[0]}")" "$@"
 fi
-cleanup() {
-  if [[ -n $started ]]; then hack/cluster.sh down; fi
-}
-trap cleanup EXIT
 
-# shellcheck source=/dev/null
-source .cluster/env
 # An operator left running by hack/demo.sh watches every namespace and would act on the tests'
 # objects too; each test runs its own.
 if [[ -f $CONVEYOR_CLUSTER_DIR/pids/conveyor.pid ]]; then

@@ -239,6 +239,15 @@ async fn idle_queues_are_refreshed_from_one_listing(engine: EngineKind) {
     for q in others {
         assert_eq!(q.unwrap().status.unwrap().messages, Some(0));
     }
+    for name in &names {
+        env.queues
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    for name in &names {
+        env.gone(name).await;
+    }
 }
 on_both_engines!(idle_queues_are_refreshed_from_one_listing);
 

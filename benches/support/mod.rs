@@ -63,10 +63,14 @@ fn ready(conditions: &conveyor::api::common::Conditions) -> bool {
         .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
-/// How many Queues and Topics in `ns` are Ready; `None` when the API server did not answer.
-pub async fn count_ready(client: &kube::Client, ns: &str) -> Option<usize> {
-    let queues: Api<Queue> = Api::namespaced(client.clone(), ns);
-    let topics: Api<Topic> = Api::namespaced(client.clone(), ns);
+/// How many objects of `api` are Ready, page by page; `None` when the API server did not answer.
+async fn count_ready_of<K>(
+    api: Api<K>,
+    status: impl Fn(&K) -> Option<&conveyor::api::StreamStatus>,
+) -> Option<usize>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
     let mut n = 0;
     let mut token: Option<String> = None;
     loop {
@@ -74,34 +78,45 @@ pub async fn count_ready(client: &kube::Client, ns: &str) -> Option<usize> {
         if let Some(t) = &token {
             lp = lp.continue_token(t);
         }
-        let page = queues.list(&lp).await.ok()?;
+        let page = api.list(&lp).await.ok()?;
         n += page
             .items
             .iter()
-            .filter(|q| q.status.as_ref().is_some_and(|s| ready(&s.conditions)))
+            .filter(|o| status(o).is_some_and(|s| ready(&s.conditions)))
             .count();
         token = page.metadata.continue_.filter(|t| !t.is_empty());
         if token.is_none() {
-            break;
+            return Some(n);
         }
     }
-    loop {
-        let mut lp = ListParams::default().limit(1000);
-        if let Some(t) = &token {
-            lp = lp.continue_token(t);
-        }
-        let page = topics.list(&lp).await.ok()?;
-        n += page
-            .items
-            .iter()
-            .filter(|t| t.status.as_ref().is_some_and(|s| ready(&s.conditions)))
-            .count();
-        token = page.metadata.continue_.filter(|t| !t.is_empty());
-        if token.is_none() {
-            break;
-        }
-    }
-    Some(n)
+}
+
+/// How many Queues and Topics in `ns` are Ready; `None` when the API server did not answer.
+pub async fn count_ready(client: &kube::Client, ns: &str) -> Option<usize> {
+    let queues: Api<Queue> = Api::namespaced(client.clone(), ns);
+    let topics: Api<Topic> = Api::namespaced(client.clone(), ns);
+    let q = count_ready_of(queues, |q: &Queue| q.status.as_ref()).await?;
+    let t = count_ready_of(topics, |t: &Topic| t.status.as_ref()).await?;
+    Some(q + t)
+}
+
+/// The operator's arguments in the benches: its production defaults, except a Lease in
+/// `default` (outside the namespace the bench deletes, as in a real installation).
+pub fn operator_args(lease: &str) -> Vec<String> {
+    [
+        "--lease-namespace",
+        "default",
+        "--lease-name",
+        lease,
+        "--lease-duration-seconds",
+        "15",
+        "--resync-seconds",
+        "300",
+        "--unreachable-deletion-grace-seconds",
+        "300",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// A process's CPU time (user + system) so far.
