@@ -277,7 +277,22 @@ impl Drop for TestNamespace {
             "-o",
             "name",
         ]);
-        for object in objects.lines().filter(|l| l.contains(".conveyor.dev/")) {
+        // Secrets held for Brokers carry Conveyor's finalizer too.
+        let held = self.kubectl(&[
+            "get",
+            "secrets",
+            "-n",
+            &self.name,
+            "-l",
+            "conveyor.dev/broker-secret=true",
+            "-o",
+            "name",
+        ]);
+        let objects = format!("{objects}\n{held}");
+        for object in objects
+            .lines()
+            .filter(|l| l.contains(".conveyor.dev/") || l.starts_with("secret/"))
+        {
             self.kubectl(&[
                 "patch",
                 object,

@@ -98,11 +98,19 @@ pub async fn release(ctx: &Context, b: &Broker) -> Result<()> {
     }
     let brokers: Api<Broker> = Api::namespaced(ctx.client.clone(), &ns);
     let others = brokers.list(&Default::default()).await?.items;
+    // Another Broker still needs a Secret while it stands, and while it is being deleted
+    // without a connection of this process (it must read the Secret to connect). One being
+    // deleted with a connection needs it no more: were it to count, two Brokers deleted
+    // together would each keep the Secret for the other.
+    let needs = |o: &Broker| {
+        o.name_any() != b.name_any()
+            && o.finalizers().iter().any(|f| f == BROKER_FINALIZER)
+            && (o.metadata.deletion_timestamp.is_none()
+                || ctx.brokers.get(&super::key(o)).is_none())
+    };
     let kept: BTreeSet<String> = others
         .iter()
-        .filter(|o| {
-            o.name_any() != b.name_any() && o.finalizers().iter().any(|f| f == BROKER_FINALIZER)
-        })
+        .filter(|o| needs(o))
         .flat_map(secrets_of)
         .collect();
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);

@@ -48,6 +48,8 @@ struct Verified {
     spec: u64,
     at: Instant,
     broker: BrokerKey,
+    /// The destination's name in the broker.
+    name: String,
     /// The destination's settings in the first listing taken after `at`.
     settings: Option<u64>,
 }
@@ -125,6 +127,7 @@ impl Listings {
                         spec: l.spec,
                         at: Instant::now(),
                         broker: l.broker.clone(),
+                        name: l.name_in_broker.to_string(),
                         settings: None,
                     },
                 );
@@ -145,21 +148,38 @@ impl Listings {
         self.changes.subscribe()
     }
 
-    /// Stores a fresh listing of `broker` and announces what changed since the previous one.
-    /// The first listing of a Broker announces nothing: every resource is reconciled at start.
+    /// Stores a fresh listing of `broker` and announces what changed since the previous one;
+    /// the first listing of a Broker announces every destination in it (its figures may have
+    /// moved since its resource was reconciled). Resources verified before the listing whose
+    /// destination it lacks are announced too.
     fn store(&self, broker: BrokerKey, started: Instant, listed: Vec<Listed>) -> usize {
         let entries: HashMap<_, _> = listed
             .into_iter()
             .map(|l| ((l.kind, l.name.clone()), l))
             .collect();
-        let changes = {
+        let (mut changes, present) = {
             let mut snapshots = lock(&self.snapshots);
             let previous = snapshots.insert(broker.clone(), Snapshot { started, entries });
-            match (previous, snapshots.get(&broker)) {
-                (Some(previous), Some(current)) => differences(&previous.entries, &current.entries),
-                _ => Vec::new(),
-            }
+            let current = &snapshots[&broker].entries;
+            let changes = match previous {
+                Some(previous) => differences(&previous.entries, current),
+                None => differences(&HashMap::new(), current),
+            };
+            let present: std::collections::HashSet<_> = current.keys().cloned().collect();
+            (changes, present)
         };
+        for ((kind, ns, name), v) in lock(&self.verified).iter() {
+            if v.broker == broker && v.at < started && !present.contains(&(*kind, v.name.clone())) {
+                let gone = Changed {
+                    kind: *kind,
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                };
+                if !changes.contains(&gone) {
+                    changes.push(gone);
+                }
+            }
+        }
         let announced = changes.len();
         for changed in changes {
             // Nobody listening (no controller yet) is not an error.
@@ -317,9 +337,10 @@ mod tests {
         ];
         assert_eq!(
             l.store(key(), start, first),
-            0,
-            "the first listing announces nothing"
+            3,
+            "the first listing announces everything"
         );
+        while rx.try_recv().is_ok() {}
         let second = vec![
             listed(q, "a", 0, 1),
             listed(q, "b", 5, 1),
@@ -339,6 +360,24 @@ mod tests {
                 (DestinationKind::Topic, "d".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn a_verified_destination_missing_from_a_listing_is_announced() {
+        let l = Listings::default();
+        let broker = key();
+        let lookup = Lookup {
+            broker: &broker,
+            resource: (DestinationKind::Queue, "shop".into(), "a".into()),
+            name_in_broker: "queue_shop_a",
+            owner: "Queue shop/a",
+            spec: 1,
+        };
+        l.record(&lookup, &SyncOutcome::Created(DestinationState::default()));
+        let mut rx = l.changes();
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(l.store(broker.clone(), Instant::now(), vec![]), 1);
+        assert_eq!(rx.try_recv().unwrap().name, "a");
     }
 
     #[test]
