@@ -161,13 +161,25 @@ impl Listings {
             let mut snapshots = lock(&self.snapshots);
             let previous = snapshots.insert(broker.clone(), Snapshot { started, entries });
             let current = &snapshots[&broker].entries;
-            let changes = match previous {
-                Some(previous) => differences(&previous.entries, current),
-                None => differences(&HashMap::new(), current),
+            let (changes, resettled) = match previous {
+                Some(previous) => (
+                    differences(&previous.entries, current),
+                    resettled(&previous.entries, current),
+                ),
+                None => (differences(&HashMap::new(), current), Vec::new()),
             };
             let present: std::collections::HashSet<_> = current.keys().cloned().collect();
-            (changes, present)
+            (changes, (present, resettled))
         };
+        let (present, resettled) = present;
+        // Settings that changed (or a destination that appeared) since the last listing are
+        // no longer vouched for: the resource is checked in full.
+        {
+            let mut verified = lock(&self.verified);
+            for key in resettled {
+                verified.remove(&key);
+            }
+        }
         for ((kind, ns, name), v) in lock(&self.verified).iter() {
             if v.broker == broker && v.at < started && !present.contains(&(*kind, v.name.clone())) {
                 let gone = Changed {
@@ -222,6 +234,19 @@ fn differences(
             namespace: ns.to_string(),
             name: name.to_string(),
         })
+        .collect()
+}
+
+/// The resources whose destination's settings differ between two listings, or that appeared.
+fn resettled(
+    before: &HashMap<(DestinationKind, String), Listed>,
+    after: &HashMap<(DestinationKind, String), Listed>,
+) -> Vec<ResourceKey> {
+    after
+        .iter()
+        .filter(|(k, l)| before.get(*k).map(|b| b.settings) != Some(l.settings))
+        .filter_map(|(_, l)| l.resource())
+        .map(|(kind, ns, name)| (kind, ns.to_string(), name.to_string()))
         .collect()
 }
 
