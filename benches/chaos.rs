@@ -39,11 +39,7 @@ struct Outcome {
 }
 
 fn main() {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(run());
+    support::block_on(run());
 }
 
 async fn run() {

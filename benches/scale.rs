@@ -19,11 +19,12 @@ use common::broker::{EngineKind, TestBroker};
 use common::streams::Env;
 
 fn main() {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(run());
+    support::block_on(run());
+}
+
+/// The sum of one of the operator's metrics.
+async fn metric(env: &Env, name: &str) -> f64 {
+    env.op.as_ref().expect("operator").metric(name, "").await
 }
 
 /// The operator's API requests that write (anything but GET), from its own metric.
@@ -117,18 +118,8 @@ async fn run() {
     // Idle: nothing changes; only the refresh runs.
     let (op_cpu, nats_cpu) = (support::cpu_time(op_pid), support::cpu_time(nats_pid));
     let writes = api_writes(&env).await;
-    let listings = env
-        .op
-        .as_ref()
-        .unwrap()
-        .metric("conveyor_broker_listings_total", "")
-        .await;
-    let reconciles = env
-        .op
-        .as_ref()
-        .unwrap()
-        .metric("conveyor_reconciliations_total", "")
-        .await;
+    let listings = metric(&env, "conveyor_broker_listings_total").await;
+    let reconciles = metric(&env, "conveyor_reconciliations_total").await;
     tokio::time::sleep(idle).await;
     let pct = |before: Option<Duration>, after: Option<Duration>| match (before, after) {
         (Some(b), Some(a)) => 100.0 * (a - b).as_secs_f64() / idle.as_secs_f64(),
@@ -147,20 +138,8 @@ async fn run() {
     let op_pct = pct(op_cpu, op.and_then(support::cpu_time));
     let nats_pct = pct(nats_cpu, support::cpu_time(nats_pid));
     let writes_idle = api_writes(&env).await - writes;
-    let listings_idle = env
-        .op
-        .as_ref()
-        .unwrap()
-        .metric("conveyor_broker_listings_total", "")
-        .await
-        - listings;
-    let reconciles_idle = env
-        .op
-        .as_ref()
-        .unwrap()
-        .metric("conveyor_reconciliations_total", "")
-        .await
-        - reconciles;
+    let listings_idle = metric(&env, "conveyor_broker_listings_total").await - listings;
+    let reconciles_idle = metric(&env, "conveyor_reconciliations_total").await - reconciles;
     let rss_idle = support::rss_mib(op_pid).unwrap_or(f64::NAN);
     println!(
         "scale: idle {} s with {n} objects: operator CPU {op_pct:.2} % of a core, nats-server CPU {nats_pct:.2} % (goal < 1 % each); operator API writes {writes_idle} (goal 0); {listings_idle} broker listings, {reconciles_idle} reconciles; resident memory {rss_idle:.1} MiB",

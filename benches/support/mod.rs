@@ -225,3 +225,12 @@ pub async fn delete_lease(client: &kube::Client, name: &str) {
         Api::namespaced(client.clone(), "default");
     let _ = api.delete(name, &DeleteParams::default()).await;
 }
+
+/// Runs a bench's body on a multi-threaded runtime.
+pub fn block_on(body: impl std::future::Future<Output = ()>) {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(body);
+}

@@ -157,7 +157,7 @@ impl Listings {
             .into_iter()
             .map(|l| ((l.kind, l.name.clone()), l))
             .collect();
-        let (mut changes, present) = {
+        let (mut changes, present, resettled) = {
             let mut snapshots = lock(&self.snapshots);
             let previous = snapshots.insert(broker.clone(), Snapshot { started, entries });
             let current = &snapshots[&broker].entries;
@@ -169,9 +169,8 @@ impl Listings {
                 None => (differences(&HashMap::new(), current), Vec::new()),
             };
             let present: std::collections::HashSet<_> = current.keys().cloned().collect();
-            (changes, (present, resettled))
+            (changes, present, resettled)
         };
-        let (present, resettled) = present;
         // Settings that changed (or a destination that appeared) since the last listing are
         // no longer vouched for: the resource is checked in full.
         {
