@@ -138,11 +138,6 @@ impl Listings {
         }
     }
 
-    /// Forgets a resource (it was deleted, or its destination is).
-    pub fn forget(&self, resource: &ResourceKey) {
-        lock(&self.verified).remove(resource);
-    }
-
     /// The resources whose destinations change, for the controllers to re-trigger.
     pub fn changes(&self) -> broadcast::Receiver<Changed> {
         self.changes.subscribe()
