@@ -58,7 +58,12 @@ impl Operator {
             .args(["--identity", identity, "--resync-seconds", "60"])
             .args(extra)
             .env("KUBECONFIG", &plane.kubeconfig)
-            .env("CONVEYOR_LOG", "info,conveyor=debug")
+            // Debug by default, for the tests' failure output; the benches run at the level
+            // of a production install.
+            .env(
+                "CONVEYOR_LOG",
+                std::env::var("CONVEYOR_LOG").unwrap_or_else(|_| "info,conveyor=debug".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log.reopen().unwrap())
             .spawn()
