@@ -202,10 +202,9 @@ impl Connection {
                 if !mode.create {
                     return Ok(SyncOutcome::Missing);
                 }
-                let mut created = self.js().create_stream(wanted).await.map_err(request)?;
-                return Ok(SyncOutcome::Created(state(
-                    created.info().await.map_err(request)?,
-                )));
+                // The create response already holds the new stream's info.
+                let created = self.js().create_stream(wanted).await.map_err(request)?;
+                return Ok(SyncOutcome::Created(state(created.cached_info())));
             };
             if let Some(why) = not_owned(&spec.name, &info.config, &spec.owner) {
                 return Ok(SyncOutcome::Conflict(why));
