@@ -181,6 +181,8 @@ struct Pass {
     requeue: Option<Duration>,
     /// The destination is in the broker and ours.
     declared: bool,
+    /// The destination matches the spec, and the Broker listings now watch it.
+    verified: bool,
     /// A broker failure: written to status, then returned so that it is counted and backs off.
     error: Option<Error>,
 }
@@ -192,6 +194,7 @@ impl Pass {
             state: None,
             requeue: Some(requeue),
             declared: false,
+            verified: false,
             error: None,
         }
     }
@@ -212,9 +215,14 @@ async fn apply_stream<K: StreamKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<A
     if let Some(e) = pass.error.take() {
         return Err(e);
     }
-    // Figures are refreshed by the Broker listing, which re-triggers this resource when they
-    // change; the destination is checked in full once per full-check interval.
-    Ok(Action::requeue(pass.requeue.unwrap_or(ctx.config.resync)))
+    // A verified destination holds no timer: the Broker listing re-triggers it when its
+    // figures or settings change, when its verification expires (the full check) and, while
+    // the Broker cannot be listed, once per resync. Anything else looks again at the resync.
+    Ok(match pass.requeue {
+        Some(after) => Action::requeue(after),
+        None if pass.verified => Action::await_change(),
+        None => Action::requeue(ctx.config.resync),
+    })
 }
 
 /// Resolve -> check size -> connect -> build -> sync, as conditions and the destination's state.
@@ -332,6 +340,7 @@ fn failed(name: &str, e: crate::engine::EngineError) -> Pass {
         state: None,
         requeue: None,
         declared: false,
+        verified: false,
         error: Some(Error::Engine(e)),
     }
 }
@@ -380,11 +389,16 @@ fn synced<K: StreamKind>(
             | SyncOutcome::Updated(..)
             | SyncOutcome::Drifted(..)
     );
+    let verified = matches!(
+        outcome,
+        SyncOutcome::Created(_) | SyncOutcome::Unchanged(_) | SyncOutcome::Updated(..)
+    );
     Pass {
         conditions: vec![refs::resolved(), synced, ready, supported],
         state,
         requeue: None,
         declared,
+        verified,
         error: None,
     }
 }
