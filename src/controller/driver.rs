@@ -114,7 +114,7 @@ async fn reconcile<K: Reconcile>(
                 }
             })
             .await
-            .map_err(from_finalizer)
+            .or_else(already_gone)
         }
         None => K::apply(obj, ctx.clone()).await,
     };
@@ -132,6 +132,19 @@ async fn reconcile<K: Reconcile>(
         ctx.reset_backoff(&key::<K>(meta_of(&guard)));
     }
     result
+}
+
+/// A pass that started before its object was deleted for good finds nothing to update: done.
+fn already_gone(err: finalizer::Error<Error>) -> Result<Action> {
+    match err {
+        finalizer::Error::AddFinalizer(kube::Error::Api(s))
+        | finalizer::Error::RemoveFinalizer(kube::Error::Api(s))
+            if s.code == 404 =>
+        {
+            Ok(Action::await_change())
+        }
+        other => Err(from_finalizer(other)),
+    }
 }
 
 fn from_finalizer(err: finalizer::Error<Error>) -> Error {

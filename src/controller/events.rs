@@ -45,15 +45,32 @@ pub async fn publish(ctx: &Context, event: &Event, reference: &ObjectReference) 
     } else {
         ctx.recorder.publish(event, reference).await
     };
-    if let Err(e) = result {
-        tracing::warn!(
+    match result {
+        // A namespace being deleted takes no new content, Events included: expected while a
+        // namespace's Queues are cleaned up, and nothing to warn about.
+        Err(kube::Error::Api(s)) if terminating(&s) => tracing::debug!(
+            object = reference.name.as_deref(),
+            namespace = reference.namespace.as_deref(),
+            reason = %event.reason,
+            "no Event: the namespace is being deleted"
+        ),
+        Err(e) => tracing::warn!(
             object = reference.name.as_deref(),
             namespace = reference.namespace.as_deref(),
             reason = %event.reason,
             error = %e,
             "writing an Event failed"
-        );
+        ),
+        Ok(()) => {}
     }
+}
+
+/// Whether the API server refused a write because the namespace is being deleted.
+fn terminating(s: &kube::core::Status) -> bool {
+    s.code == 403
+        && s.details
+            .as_ref()
+            .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
 }
 
 async fn create(
