@@ -7,7 +7,8 @@
 //! with its production defaults (`CONVEYOR_KUBE_API_QPS` and `CONVEYOR_KUBE_API_BURST` override
 //! its client-side rate limit). Figures, not pass/fail: it fails only when something does not converge.
 //!
-//! Run with `hack/scale.sh` (it starts the local plane if needed).
+//! Run with `hack/scale.sh` (it starts the local plane if needed). Under `cargo test` (the test
+//! suite) it makes a smoke run instead: 50 objects and 2 idle seconds.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -43,8 +44,8 @@ async fn api_writes(env: &Env) -> f64 {
 }
 
 async fn run() {
-    let n = support::setting("CONVEYOR_SCALE_OBJECTS", 10_000) as usize;
-    let idle = Duration::from_secs(support::setting("CONVEYOR_SCALE_IDLE_SECONDS", 300));
+    let n = support::setting("CONVEYOR_SCALE_OBJECTS", 10_000, 50) as usize;
+    let idle = Duration::from_secs(support::setting("CONVEYOR_SCALE_IDLE_SECONDS", 300, 2));
     let Some(plane) = common::plane().await else {
         return;
     };

@@ -285,11 +285,19 @@ pub fn spread(mut d: Vec<Duration>) -> String {
 }
 
 /// An environment variable as a number, or `default`.
-pub fn setting(name: &str, default: u64) -> u64 {
+/// A bench setting from the environment, else `full` under `cargo bench` and `smoke` under
+/// `cargo test`, which runs a bench binary without `--bench`: the test suite then checks that
+/// the bench still works, in seconds rather than the bench's minutes.
+pub fn setting(name: &str, full: u64, smoke: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+        .unwrap_or(if benchmarking() { full } else { smoke })
+}
+
+/// Whether `cargo bench` started this binary (it passes `--bench`).
+pub fn benchmarking() -> bool {
+    std::env::args().any(|a| a == "--bench")
 }
 
 /// Deletes the bench's Lease in `default`.

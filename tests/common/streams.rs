@@ -27,6 +27,19 @@ pub struct Env {
     pub brokers: Api<Broker>,
 }
 
+/// The operator stops first: were it still running while the namespace's finalizers are
+/// stripped, it would add them back and leave the namespace Terminating for good.
+impl Drop for Env {
+    fn drop(&mut self) {
+        // No panic here: this may run while a failed test unwinds. The Operator's own drop
+        // kills a process that did not exit.
+        if let Some(mut op) = self.op.take() {
+            op.signal("-TERM");
+            let _ = op.wait_exit(Duration::from_secs(20));
+        }
+    }
+}
+
 impl Env {
     /// Starts a broker of `engine` and an operator, and creates the Broker `events` pointing at
     /// the broker.
