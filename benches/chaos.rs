@@ -147,6 +147,8 @@ async fn trial(
             // It may have died already (a restarted API server can cost it its lease).
             if let Some(op) = env.op.as_mut() {
                 let _ = op.child.kill();
+                // Reaped at once, so that the restart loop below sees it dead in this round.
+                let _ = op.child.wait();
             }
             killed = true;
         }
@@ -183,7 +185,9 @@ async fn trial(
             }
             _ => {}
         }
+        // A trial converges after its kill and its disruption, never before them.
         if let Some(applied) = applied_at
+            && killed
             && disrupted
             && restore_broker_at.is_none()
             && died_at.is_none()
