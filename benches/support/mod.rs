@@ -131,20 +131,23 @@ impl ReadyWatch {
 
     /// How many are Ready now, as far as the watches have seen.
     pub fn count(&self) -> usize {
-        let q = self
-            .queues
-            .state()
-            .iter()
-            .filter(|q| q.status.as_ref().is_some_and(|s| ready(&s.conditions)))
-            .count();
-        let t = self
-            .topics
-            .state()
-            .iter()
-            .filter(|t| t.status.as_ref().is_some_and(|s| ready(&s.conditions)))
-            .count();
-        q + t
+        ready_in(&self.queues, |q| q.status.as_ref())
+            + ready_in(&self.topics, |t| t.status.as_ref())
     }
+}
+
+fn ready_in<K>(
+    store: &Store<K>,
+    status: impl Fn(&K) -> Option<&conveyor::api::StreamStatus>,
+) -> usize
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    store
+        .state()
+        .iter()
+        .filter(|o| status(o).is_some_and(|s| ready(&s.conditions)))
+        .count()
 }
 
 impl Drop for ReadyWatch {

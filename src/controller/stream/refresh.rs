@@ -372,6 +372,22 @@ mod tests {
 
     const HOUR: Duration = Duration::from_secs(3600);
 
+    /// The lookup of the Queue `shop/<name>` on `broker`.
+    fn queue<'a>(
+        broker: &'a BrokerKey,
+        name: &'a str,
+        in_broker: &'a str,
+        spec: u64,
+    ) -> Lookup<'a> {
+        Lookup {
+            broker,
+            resource: (DestinationKind::Queue, "shop".into(), name.into()),
+            name_in_broker: in_broker,
+            owner: "Queue shop/a",
+            spec,
+        }
+    }
+
     fn key() -> BrokerKey {
         ("shop".into(), "events".into())
     }
@@ -421,13 +437,7 @@ mod tests {
     fn a_verified_destination_missing_from_a_listing_is_announced() {
         let l = Listings::default();
         let broker = key();
-        let lookup = Lookup {
-            broker: &broker,
-            resource: (DestinationKind::Queue, "shop".into(), "a".into()),
-            name_in_broker: "queue_shop_a",
-            owner: "Queue shop/a",
-            spec: 1,
-        };
+        let lookup = queue(&broker, "a", "queue_shop_a", 1);
         l.record(&lookup, &SyncOutcome::Created(DestinationState::default()));
         let mut rx = l.changes();
         std::thread::sleep(Duration::from_millis(2));
@@ -439,13 +449,7 @@ mod tests {
     fn a_listing_vouches_only_for_a_verified_spec_with_unchanged_settings() {
         let l = Listings::default();
         let broker = key();
-        let lookup = |spec| Lookup {
-            broker: &broker,
-            resource: (DestinationKind::Queue, "shop".into(), "a".into()),
-            name_in_broker: "a",
-            owner: "Queue shop/a",
-            spec,
-        };
+        let lookup = |spec| queue(&broker, "a", "a", spec);
         let (resync, fresh) = (Duration::from_secs(300), Duration::from_secs(60));
         let q = DestinationKind::Queue;
         l.store(
@@ -511,13 +515,7 @@ mod tests {
     fn an_expired_verification_is_announced_once_and_checked_in_full() {
         let l = Listings::default();
         let broker = key();
-        let lookup = Lookup {
-            broker: &broker,
-            resource: (DestinationKind::Queue, "shop".into(), "a".into()),
-            name_in_broker: "a",
-            owner: "Queue shop/a",
-            spec: 1,
-        };
+        let lookup = queue(&broker, "a", "a", 1);
         let q = DestinationKind::Queue;
         let fresh = Duration::from_secs(60);
         l.store(
@@ -557,13 +555,7 @@ mod tests {
     fn a_failed_listing_announces_what_is_due_for_a_resync() {
         let l = Listings::default();
         let broker = key();
-        let lookup = |name: &'static str| Lookup {
-            broker: &broker,
-            resource: (DestinationKind::Queue, "shop".into(), name.into()),
-            name_in_broker: name,
-            owner: "Queue shop/a",
-            spec: 1,
-        };
+        let lookup = |name: &'static str| queue(&broker, name, name, 1);
         l.record(
             &lookup("old"),
             &SyncOutcome::Unchanged(DestinationState::default()),
