@@ -113,9 +113,9 @@ async fn run() {
     drop(counter);
     let writes_to_ready = api_writes(&env).await;
     let op_pid = env.op.as_ref().expect("operator").child.id();
-    let rss_ready = support::rss_mib(op_pid).unwrap_or(f64::NAN);
+    let rss_ready = support::resident(op_pid);
     println!(
-        "scale: all {n} Ready {:.1} s after the operator started (goal 60 s); operator exits meanwhile: {restarts}; resident memory {rss_ready:.1} MiB (goal < 50 MiB)",
+        "scale: all {n} Ready {:.1} s after the operator started (goal 60 s); operator exits meanwhile: {restarts}; resident memory {rss_ready} (goal < 50 MiB)",
         to_ready.as_secs_f64()
     );
     println!(
@@ -148,9 +148,9 @@ async fn run() {
     let writes_idle = api_writes(&env).await - writes;
     let listings_idle = metric(&env, "conveyor_broker_listings_total").await - listings;
     let reconciles_idle = metric(&env, "conveyor_reconciliations_total").await - reconciles;
-    let rss_idle = support::rss_mib(op_pid).unwrap_or(f64::NAN);
+    let rss_idle = support::resident(op_pid);
     println!(
-        "scale: idle {} s with {n} objects: operator CPU {op_pct:.2} % of a core, nats-server CPU {nats_pct:.2} % (goal < 1 % each); operator API writes {writes_idle} (goal 0); {listings_idle} broker listings, {reconciles_idle} reconciles; resident memory {rss_idle:.1} MiB",
+        "scale: idle {} s with {n} objects: operator CPU {op_pct:.2} % of a core, nats-server CPU {nats_pct:.2} % (goal < 1 % each); operator API writes {writes_idle} (goal 0); {listings_idle} broker listings, {reconciles_idle} reconciles; resident memory {rss_idle}",
         idle.as_secs()
     );
 

@@ -206,17 +206,40 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     Some(Duration::from_millis(ticks * 10))
 }
 
-/// A process's resident memory in MiB.
-pub fn rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kib / 1024.0)
+/// A process's resident memory: the total, its anonymous part (heap, stacks) and its file part
+/// (mostly the mapped binary), from `/proc/<pid>/status`.
+pub struct Resident {
+    pub total: f64,
+    pub anon: f64,
+    pub file: f64,
+}
+
+impl std::fmt::Display for Resident {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.1} MiB ({:.1} MiB anonymous, {:.1} MiB mapped files)",
+            self.total, self.anon, self.file
+        )
+    }
+}
+
+/// A process's resident memory in MiB; NaN where it cannot be read (the process is gone).
+pub fn resident(pid: u32) -> Resident {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let mib = |field: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kib| kib.parse::<f64>().ok())
+            .map_or(f64::NAN, |kib| kib / 1024.0)
+    };
+    Resident {
+        total: mib("VmRSS:"),
+        anon: mib("RssAnon:"),
+        file: mib("RssFile:"),
+    }
 }
 
 /// Deletes `ns` and waits until it is gone; returns how long that took, or `None` after

@@ -16,7 +16,7 @@ use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::runtime::{Predicate, PredicateConfig, WatchStreamExt, predicates};
+use kube::runtime::WatchStreamExt;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -233,8 +233,8 @@ pub async fn run<K: Reconcile>(
 ) {
     let api: Api<DeserializeGuard<K>> = scoped_api(&ctx.client, namespace.as_deref());
     // Only changes of the spec (generation, which deletion also bumps) and of the finalizers
-    // start a reconcile: a status write, including the reconciler's own, does not. Counters in
-    // status (depth) are refreshed by the periodic requeue instead.
+    // start a reconcile (see `changes`): a status write, including the reconciler's own, does
+    // not. Counters in status (depth) are refreshed from the Broker listings instead.
     let (reader, writer) = kube::runtime::reflector::store();
     let changes = kube::runtime::watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
@@ -242,12 +242,8 @@ pub async fn run<K: Reconcile>(
             Ok(obj) => lean(obj.meta_mut()),
             Err(invalid) => lean(&mut invalid.metadata),
         })
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(
-            predicates::generation.combine(predicates::finalizers),
-            PredicateConfig::default(),
-        );
+        .reflect(writer);
+    let changes = super::changes::reconcile_triggers(changes, |g: &DeserializeGuard<K>| g.meta());
     let controller = Controller::for_stream(changes, reader).with_config(
         kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency),
     );

@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod broker;
 pub mod cache;
+pub mod changes;
 pub mod context;
 pub mod driver;
 pub mod error;

@@ -177,14 +177,12 @@ pub struct Listed {
     pub settings: u64,
 }
 
-impl Listed {
-    /// The kind, namespace and name of the resource an owner string (`Queue shop/orders`)
-    /// names, if it names one.
-    pub fn resource(&self) -> Option<(DestinationKind, &str, &str)> {
-        let kind = owner_kind(&self.owner).filter(|k| *k == self.kind)?;
-        let (ns, name) = self.owner.split_once(' ')?.1.split_once('/')?;
-        Some((kind, ns, name))
-    }
+/// The kind, namespace and name of the resource that `owner` (`Queue shop/orders`), recorded
+/// on a destination of `kind`, names, if it names one of that kind.
+pub fn owned_resource(kind: DestinationKind, owner: &str) -> Option<(DestinationKind, &str, &str)> {
+    let kind = owner_kind(owner).filter(|k| *k == kind)?;
+    let (ns, name) = owner.split_once(' ')?.1.split_once('/')?;
+    Some((kind, ns, name))
 }
 
 /// The kind a recorded owner string (`Queue shop/orders`) names.

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::controller::context::Context;
 use crate::engine::registry::BrokerKey;
-use crate::engine::{DestinationKind, DestinationState, Listed, SyncOutcome};
+use crate::engine::{DestinationKind, DestinationState, Listed, SyncOutcome, digest, owned_resource};
 use crate::metrics::OutcomeLabel;
 
 /// Brokers listed at once.
@@ -42,20 +42,34 @@ pub struct Changed {
 /// The kind, namespace and name of a Queue or Topic.
 pub type ResourceKey = (DestinationKind, String, String);
 
+/// The destinations of one listing, by kind and name in the broker. Kept compact (at 10,000
+/// destinations the listings were a sixth of the operator's heap): no name is held twice.
+type Entries = HashMap<(DestinationKind, String), Entry>;
+
 struct Snapshot {
     /// When the listing was requested: it shows nothing older than this.
     started: Instant,
-    entries: HashMap<(DestinationKind, String), Listed>,
+    entries: Entries,
 }
 
-/// A full `ensure` that found the destination as the spec wants it.
+/// A listed destination, less the name it is keyed by.
+#[derive(PartialEq, Eq)]
+struct Entry {
+    owner: Box<str>,
+    state: DestinationState,
+    settings: u64,
+}
+
+/// A full `ensure` that found the destination as the spec wants it. Brokers and names are
+/// held as digests: a verification only ever compares them.
 struct Verified {
     /// Digest of the wanted spec and sync mode it was checked against.
     spec: u64,
     at: Instant,
-    broker: BrokerKey,
-    /// The destination's name in the broker.
-    name: String,
+    /// Digest of the Broker's key.
+    broker: u64,
+    /// Digest of the destination's kind and name in the broker.
+    name: u64,
     /// The destination's settings in the first listing taken after `at`.
     settings: Option<u64>,
 }
@@ -93,7 +107,7 @@ impl Listings {
     ) -> Option<DestinationState> {
         let mut verified = lock(&self.verified);
         let v = verified.get_mut(&l.resource)?;
-        if v.spec != l.spec || v.at.elapsed() > full_check || &v.broker != l.broker {
+        if v.spec != l.spec || v.at.elapsed() > full_check || v.broker != digest(l.broker) {
             return None;
         }
         let snapshots = lock(&self.snapshots);
@@ -104,7 +118,7 @@ impl Listings {
         let entry = snap
             .entries
             .get(&(l.resource.0, l.name_in_broker.to_string()))?;
-        if entry.owner != l.owner {
+        if &*entry.owner != l.owner {
             return None;
         }
         match v.settings {
@@ -126,8 +140,8 @@ impl Listings {
                     Verified {
                         spec: l.spec,
                         at: Instant::now(),
-                        broker: l.broker.clone(),
-                        name: l.name_in_broker.to_string(),
+                        broker: digest(l.broker),
+                        name: digest(&(l.resource.0, l.name_in_broker)),
                         settings: None,
                     },
                 );
@@ -165,10 +179,18 @@ impl Listings {
         listed: Vec<Listed>,
         full_check: Duration,
     ) -> usize {
-        let entries: HashMap<_, _> = listed
+        let entries: Entries = listed
             .into_iter()
-            .map(|l| ((l.kind, l.name.clone()), l))
+            .map(|l| {
+                let entry = Entry {
+                    owner: l.owner.into_boxed_str(),
+                    state: l.state,
+                    settings: l.settings,
+                };
+                ((l.kind, l.name), entry)
+            })
             .collect();
+        let broker_digest = digest(&broker);
         let (mut changes, present, resettled) = {
             let mut snapshots = lock(&self.snapshots);
             let previous = snapshots.insert(broker.clone(), Snapshot { started, entries });
@@ -180,7 +202,8 @@ impl Listings {
                 ),
                 None => (differences(&HashMap::new(), current), Vec::new()),
             };
-            let present: std::collections::HashSet<_> = current.keys().cloned().collect();
+            let present: std::collections::HashSet<u64> =
+                current.keys().map(|(kind, name)| digest(&(*kind, name.as_str()))).collect();
             (changes, present, resettled)
         };
         // Settings that changed (or a destination that appeared) since the last listing are
@@ -196,10 +219,10 @@ impl Listings {
             .map(|c| (c.kind, c.namespace.clone(), c.name.clone()))
             .collect();
         lock(&self.verified).retain(|key, v| {
-            if v.broker != broker {
+            if v.broker != broker_digest {
                 return true;
             }
-            let gone = v.at < started && !present.contains(&(key.0, v.name.clone()));
+            let gone = v.at < started && !present.contains(&v.name);
             let expired = v.at.elapsed() > full_check;
             if (gone || expired) && !announced.contains(key) {
                 changes.push(Changed {
@@ -219,9 +242,10 @@ impl Listings {
     /// directly. Announces the resources last checked more than `resync` ago, so that each is
     /// still looked at once per resync.
     fn listing_failed(&self, broker: &BrokerKey, resync: Duration) -> usize {
+        let broker = digest(broker);
         let due: Vec<Changed> = lock(&self.verified)
             .iter()
-            .filter(|(_, v)| &v.broker == broker && v.at.elapsed() > resync)
+            .filter(|(_, v)| v.broker == broker && v.at.elapsed() > resync)
             .map(|(key, _)| Changed {
                 kind: key.0,
                 namespace: key.1.clone(),
@@ -237,6 +261,7 @@ impl Listings {
     /// resources are re-triggered by the Broker's own change).
     fn prune(&self, live: &[BrokerKey]) {
         lock(&self.snapshots).retain(|k, _| live.contains(k));
+        let live: Vec<u64> = live.iter().map(digest).collect();
         lock(&self.verified).retain(|_, v| live.contains(&v.broker));
     }
 }
@@ -247,21 +272,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The resources whose destination appeared, went, or changed figures or settings between two
 /// listings.
-fn differences(
-    before: &HashMap<(DestinationKind, String), Listed>,
-    after: &HashMap<(DestinationKind, String), Listed>,
-) -> Vec<Changed> {
-    let changed = after
-        .iter()
-        .filter(|(k, l)| before.get(*k) != Some(*l))
-        .map(|(_, l)| l);
-    let gone = before
-        .iter()
-        .filter(|(k, _)| !after.contains_key(*k))
-        .map(|(_, l)| l);
+fn differences(before: &Entries, after: &Entries) -> Vec<Changed> {
+    let changed = after.iter().filter(|(k, e)| before.get(*k) != Some(*e));
+    let gone = before.iter().filter(|(k, _)| !after.contains_key(*k));
     changed
         .chain(gone)
-        .filter_map(|l| l.resource())
+        .filter_map(|((kind, _), e)| owned_resource(*kind, &e.owner))
         .map(|(kind, ns, name)| Changed {
             kind,
             namespace: ns.to_string(),
@@ -271,14 +287,11 @@ fn differences(
 }
 
 /// The resources whose destination's settings differ between two listings, or that appeared.
-fn resettled(
-    before: &HashMap<(DestinationKind, String), Listed>,
-    after: &HashMap<(DestinationKind, String), Listed>,
-) -> Vec<ResourceKey> {
+fn resettled(before: &Entries, after: &Entries) -> Vec<ResourceKey> {
     after
         .iter()
-        .filter(|(k, l)| before.get(*k).map(|b| b.settings) != Some(l.settings))
-        .filter_map(|(_, l)| l.resource())
+        .filter(|(k, e)| before.get(*k).map(|b| b.settings) != Some(e.settings))
+        .filter_map(|((kind, _), e)| owned_resource(*kind, &e.owner))
         .map(|(kind, ns, name)| (kind, ns.to_string(), name.to_string()))
         .collect()
 }
