@@ -25,7 +25,9 @@ use tokio::sync::mpsc;
 
 use crate::controller::context::Context;
 use crate::engine::registry::BrokerKey;
-use crate::engine::{DestinationKind, DestinationState, Listed, SyncOutcome, digest, owned_resource};
+use crate::engine::{
+    DestinationKind, DestinationState, Listed, SyncOutcome, digest, owned_resource,
+};
 use crate::metrics::OutcomeLabel;
 
 /// Brokers listed at once.
@@ -202,8 +204,10 @@ impl Listings {
                 ),
                 None => (differences(&HashMap::new(), current), Vec::new()),
             };
-            let present: std::collections::HashSet<u64> =
-                current.keys().map(|(kind, name)| digest(&(*kind, name.as_str()))).collect();
+            let present: std::collections::HashSet<u64> = current
+                .keys()
+                .map(|(kind, name)| digest(&(*kind, name.as_str())))
+                .collect();
             (changes, present, resettled)
         };
         // Settings that changed (or a destination that appeared) since the last listing are
