@@ -161,16 +161,20 @@ async fn a_leader_whose_lease_is_taken_exits_at_once_and_without_a_panic() {
     }
     wait_reconciled(&queues, "busy-19").await;
 
-    // Another candidate takes the Lease over (as one would after a partition).
-    let mut lease = leases.get(LEASE).await.unwrap();
-    let spec = lease.spec.get_or_insert_with(Default::default);
-    spec.holder_identity = Some("usurper".into());
-    spec.lease_duration_seconds = Some(60);
-    spec.renew_time = Some(MicroTime(Timestamp::now()));
-    leases
-        .replace(LEASE, &PostParams::default(), &lease)
-        .await
-        .unwrap();
+    // Another candidate takes the Lease over (as one would after a partition). The leader
+    // renews every second, so a takeover may meet a newer version: read it again and retry.
+    loop {
+        let mut lease = leases.get(LEASE).await.unwrap();
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        spec.holder_identity = Some("usurper".into());
+        spec.lease_duration_seconds = Some(60);
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        match leases.replace(LEASE, &PostParams::default(), &lease).await {
+            Ok(_) => break,
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => panic!("taking the lease over failed: {e}"),
+        }
+    }
     let taken = Instant::now();
     let status = op
         .wait_exit(Duration::from_secs(20))
