@@ -9,6 +9,7 @@
 //! Broker whatever its engine, and dispatch on `spec.engine` happens in exactly one place
 //! ([`registry::open`]).
 
+pub mod consumers;
 pub mod destinations;
 pub mod nats;
 pub mod rabbitmq;
@@ -19,6 +20,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 pub use crate::api::broker::Engine;
+pub use consumers::{ConsumerSpec, ConsumerState, ConsumerTarget, StartFrom};
 
 /// A future an engine returns; boxed so that connections can be held as trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -201,17 +203,18 @@ pub fn digest(value: &impl std::hash::Hash) -> u64 {
     h.finish()
 }
 
-/// What `ensure` found and did.
+/// What `ensure` found and did, with what the destination (or consumer) holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SyncOutcome {
+pub enum SyncOutcome<S = DestinationState> {
     /// The destination did not exist and was created.
-    Created(DestinationState),
+    Created(S),
     /// The destination matched the spec.
-    Unchanged(DestinationState),
+    Unchanged(S),
     /// The destination differed in these settings and was set back to the spec.
-    Updated(DestinationState, Vec<String>),
-    /// The destination differs in these settings; left alone (report-only drift policy).
-    Drifted(DestinationState, Vec<String>),
+    Updated(S, Vec<String>),
+    /// The destination differs in these settings; left alone (report-only drift policy, or
+    /// settings the broker cannot change in place).
+    Drifted(S, Vec<String>),
     /// The destination does not exist and was not created (report-only drift policy).
     Missing,
     /// A destination of that name exists and belongs to someone else.
@@ -300,4 +303,21 @@ pub trait BrokerConnection: Send + Sync {
     /// The settings of `spec` this engine cannot honour, each naming the field and saying
     /// what happens instead. Pure.
     fn unsupported(&self, spec: &DestinationSpec) -> Vec<String>;
+
+    /// Brings an EventSubscription's consumer in line with `spec` as far as `mode` allows.
+    fn ensure_consumer<'a>(
+        &'a self,
+        spec: &'a ConsumerSpec,
+        mode: SyncMode,
+    ) -> BoxFuture<'a, Result<SyncOutcome<ConsumerState>, EngineError>>;
+
+    /// Deletes the consumer, and what it keeps in the broker, if `target.owner` owns it.
+    fn delete_consumer<'a>(
+        &'a self,
+        target: &'a ConsumerTarget,
+    ) -> BoxFuture<'a, Result<Deletion, EngineError>>;
+
+    /// The settings of a consumer spec this engine cannot honour, each naming the field and
+    /// saying what happens instead. Pure.
+    fn unsupported_consumer(&self, spec: &ConsumerSpec) -> Vec<String>;
 }

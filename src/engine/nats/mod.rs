@@ -3,6 +3,7 @@
 //! JWTs of decentralized authentication for managed brokers (`identities`, `jwt`).
 
 pub mod connection;
+pub mod consumers;
 pub mod identities;
 pub mod jwt;
 pub mod streams;
@@ -10,8 +11,9 @@ pub mod streams;
 use connection::Connection;
 
 use super::{
-    BoxFuture, BrokerConnection, BrokerInfo, DeleteWhen, Deletion, DestinationSpec,
-    DestinationState, Engine, EngineError, Listed, SyncMode, SyncOutcome, Target,
+    BoxFuture, BrokerConnection, BrokerInfo, ConsumerSpec, ConsumerState, ConsumerTarget,
+    DeleteWhen, Deletion, DestinationSpec, DestinationState, Engine, EngineError, Listed, SyncMode,
+    SyncOutcome, Target,
 };
 
 impl BrokerConnection for Connection {
@@ -60,6 +62,26 @@ impl BrokerConnection for Connection {
 
     fn unsupported(&self, _spec: &DestinationSpec) -> Vec<String> {
         // JetStream has every setting of the model.
+        Vec::new()
+    }
+
+    fn ensure_consumer<'a>(
+        &'a self,
+        spec: &'a ConsumerSpec,
+        mode: SyncMode,
+    ) -> BoxFuture<'a, Result<SyncOutcome<ConsumerState>, EngineError>> {
+        Box::pin(Connection::ensure_consumer(self, spec, mode))
+    }
+
+    fn delete_consumer<'a>(
+        &'a self,
+        target: &'a ConsumerTarget,
+    ) -> BoxFuture<'a, Result<Deletion, EngineError>> {
+        Box::pin(Connection::delete_consumer(self, target))
+    }
+
+    fn unsupported_consumer(&self, _spec: &ConsumerSpec) -> Vec<String> {
+        // A durable pull consumer has every delivery setting of the model.
         Vec::new()
     }
 }

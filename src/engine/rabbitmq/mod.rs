@@ -7,6 +7,7 @@
 //! answer flips, so that `Reachable` follows the broker as it does for NATS.
 
 pub mod amqp;
+pub mod consumers;
 pub mod destinations;
 pub mod management;
 pub mod topology;
@@ -19,8 +20,9 @@ use management::{ManagementClient, ManagementError};
 
 use super::registry::{Auth, ConnectRequest, Notifier};
 use super::{
-    BoxFuture, BrokerConnection, BrokerInfo, DeleteWhen, Deletion, DestinationSpec,
-    DestinationState, Engine, EngineError, EngineFacts, Listed, SyncMode, SyncOutcome, Target,
+    BoxFuture, BrokerConnection, BrokerInfo, ConsumerSpec, ConsumerState, ConsumerTarget,
+    DeleteWhen, Deletion, DestinationSpec, DestinationState, Engine, EngineError, EngineFacts,
+    Listed, SyncMode, SyncOutcome, Target,
 };
 
 /// How often the watcher asks whether the management API answers.
@@ -221,5 +223,24 @@ impl BrokerConnection for RabbitConnection {
 
     fn unsupported(&self, spec: &DestinationSpec) -> Vec<String> {
         topology::unsupported(spec)
+    }
+
+    fn ensure_consumer<'a>(
+        &'a self,
+        spec: &'a ConsumerSpec,
+        mode: SyncMode,
+    ) -> BoxFuture<'a, Result<SyncOutcome<ConsumerState>, EngineError>> {
+        Box::pin(RabbitConnection::ensure_consumer(self, spec, mode))
+    }
+
+    fn delete_consumer<'a>(
+        &'a self,
+        target: &'a ConsumerTarget,
+    ) -> BoxFuture<'a, Result<Deletion, EngineError>> {
+        Box::pin(RabbitConnection::delete_consumer(self, target))
+    }
+
+    fn unsupported_consumer(&self, spec: &ConsumerSpec) -> Vec<String> {
+        consumers::unsupported(spec)
     }
 }

@@ -1,0 +1,81 @@
+//! The engine-neutral model of an EventSubscription's durable consumer: what a subscription
+//! asks of the broker and what the broker reports back. Each engine maps it onto its own
+//! objects (NATS: a durable pull consumer on the source's stream; RabbitMQ: a quorum queue of
+//! the subscription's own bound to a Topic's exchange, or a Queue's own quorum queue).
+
+use std::time::{Duration, SystemTime};
+
+use super::DestinationKind;
+
+/// Where a new consumer starts in its source. Fixed once the consumer exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StartFrom {
+    /// Every message the source still holds.
+    All,
+    /// Only messages published after the consumer was created.
+    New,
+    /// Messages published at or after this time.
+    Time(SystemTime),
+}
+
+/// A subscription's consumer as Conveyor wants it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ConsumerSpec {
+    /// Whether the source is a Queue or a Topic.
+    pub source_kind: DestinationKind,
+    /// The source's name in the broker (stream, queue or exchange).
+    pub source: String,
+    /// The consumer's name in the broker (for RabbitMQ and a Topic, its queue's name).
+    pub name: String,
+    /// The event types to receive; empty: all of them.
+    pub event_types: Vec<String>,
+    pub ack_wait: Duration,
+    /// Deliveries before a message is given up on.
+    pub max_deliveries: i64,
+    /// Delays between redeliveries; the last one repeats. Empty: `ack_wait`.
+    pub backoff: Vec<Duration>,
+    /// Messages delivered and not yet acknowledged at once, across all replicas.
+    pub max_ack_pending: i64,
+    pub start: StartFrom,
+    /// Replicas of what the consumer keeps in the broker (a subscription queue on RabbitMQ).
+    pub replicas: usize,
+    /// Who owns the consumer (`EventSubscription shop/payment`); one with another owner, or
+    /// none, is never taken over.
+    pub owner: String,
+}
+
+/// What a consumer has to do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConsumerState {
+    /// Messages not yet delivered to the consumer.
+    pub pending: u64,
+    /// Messages delivered and not yet acknowledged.
+    pub in_flight: u64,
+}
+
+impl ConsumerState {
+    /// The work not yet done: pending plus in flight.
+    pub fn backlog(&self) -> u64 {
+        self.pending + self.in_flight
+    }
+}
+
+/// Which consumer a deletion is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsumerTarget {
+    pub source_kind: DestinationKind,
+    pub source: String,
+    pub name: String,
+    pub owner: String,
+}
+
+impl From<&ConsumerSpec> for ConsumerTarget {
+    fn from(spec: &ConsumerSpec) -> Self {
+        Self {
+            source_kind: spec.source_kind,
+            source: spec.source.clone(),
+            name: spec.name.clone(),
+            owner: spec.owner.clone(),
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! EventSubscriptions' consumers on RabbitMQ.
+//!
+//! - On a Topic, a subscription has a durable quorum queue of its own, named by the consumer
+//!   name and owned like a Queue's (`x-conveyor-owner`), bound to the Topic's exchange with one
+//!   binding per selected event type (`#`, every type, without a filter). Its delivery limit
+//!   is a policy (`conveyor.<queue>`), so that it changes in place.
+//! - On a Queue, the consumer is the Queue's own quorum queue: nothing is created, and deleting
+//!   the subscription leaves the queue and its messages to the Queue resource.
+
+use serde_json::{Map, Value, json};
+
+use super::RabbitConnection;
+use super::management::{Binding, Policy, QueueInfo};
+use super::topology::{self as t, OWNER_ARG, POLICY_PRIORITY};
+use crate::engine::consumers::{ConsumerSpec, ConsumerState, ConsumerTarget, StartFrom};
+use crate::engine::{Deletion, DestinationKind, EngineError, SyncMode, SyncOutcome};
+
+/// The binding keys of a subscription queue: its event types, or every type.
+pub fn binding_keys(spec: &ConsumerSpec) -> Vec<String> {
+    if spec.event_types.is_empty() {
+        vec!["#".into()]
+    } else {
+        let mut keys = spec.event_types.clone();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+}
+
+/// The arguments of a subscription queue, fixed at declaration.
+pub fn queue_arguments(spec: &ConsumerSpec) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("x-queue-type".into(), json!("quorum"));
+    m.insert(
+        "x-quorum-initial-group-size".into(),
+        json!(spec.replicas.max(1)),
+    );
+    m.insert(OWNER_ARG.into(), json!(spec.owner));
+    m
+}
+
+/// The policy of a subscription queue: a message returned more than `delivery-limit` times is
+/// given up on, so the limit is one less than the deliveries allowed.
+pub fn delivery_policy(spec: &ConsumerSpec) -> Policy {
+    let mut d = Map::new();
+    d.insert(
+        "delivery-limit".into(),
+        json!((spec.max_deliveries - 1).max(0)),
+    );
+    Policy {
+        pattern: t::exact(&spec.name),
+        apply_to: "queues".into(),
+        priority: POLICY_PRIORITY,
+        definition: d,
+    }
+}
+
+/// What RabbitMQ cannot honour of a consumer spec, each naming the field.
+pub fn unsupported(spec: &ConsumerSpec) -> Vec<String> {
+    let mut out = vec![
+        "spec.delivery.ackWait: RabbitMQ 3.10 has no acknowledgement timeout per queue; the broker-wide consumer_timeout applies".to_string(),
+    ];
+    if !spec.backoff.is_empty() {
+        out.push(
+            "spec.delivery.backoff: RabbitMQ redelivers a returned message at once".to_string(),
+        );
+    }
+    if spec.source_kind == DestinationKind::Topic && spec.start != StartFrom::New {
+        out.push(
+            "spec.delivery.startFrom: a new subscription on RabbitMQ receives only the events published after its queue is bound".to_string(),
+        );
+    }
+    if spec.source_kind == DestinationKind::Queue {
+        out.push(
+            "spec.delivery.maxDeliveries: not applied to a Queue's own queue on RabbitMQ yet; redeliveries are unlimited".to_string(),
+        );
+    }
+    out
+}
+
+fn state(q: &QueueInfo) -> ConsumerState {
+    ConsumerState {
+        pending: q.messages_ready.unwrap_or(0),
+        in_flight: q.messages_unacknowledged.unwrap_or(0),
+    }
+}
+
+/// The wanted bindings missing from `bound`, and the bound ones not wanted.
+fn binding_changes<'a>(wanted: &[String], bound: &'a [Binding]) -> (Vec<String>, Vec<&'a Binding>) {
+    let missing = wanted
+        .iter()
+        .filter(|k| !bound.iter().any(|b| &b.routing_key == *k))
+        .cloned()
+        .collect();
+    let extra = bound
+        .iter()
+        .filter(|b| !wanted.contains(&b.routing_key))
+        .collect();
+    (missing, extra)
+}
+
+impl RabbitConnection {
+    pub(super) async fn ensure_consumer(
+        &self,
+        spec: &ConsumerSpec,
+        mode: SyncMode,
+    ) -> Result<SyncOutcome<ConsumerState>, EngineError> {
+        crate::engine::BrokerConnection::require_connected(self)?;
+        match spec.source_kind {
+            DestinationKind::Queue => Ok(match self.api.queue(&self.vhost, &spec.source).await? {
+                Some(q) => SyncOutcome::Unchanged(state(&q)),
+                None => SyncOutcome::Missing,
+            }),
+            DestinationKind::Topic => self.ensure_subscription_queue(spec, mode).await,
+        }
+    }
+
+    async fn ensure_subscription_queue(
+        &self,
+        spec: &ConsumerSpec,
+        mode: SyncMode,
+    ) -> Result<SyncOutcome<ConsumerState>, EngineError> {
+        let (vh, name) = (&self.vhost, &spec.name);
+        let policy_name = t::policy_name(name);
+        let wanted_policy = delivery_policy(spec);
+        let keys = binding_keys(spec);
+        let Some(queue) = self.api.queue(vh, name).await? else {
+            if !mode.create {
+                return Ok(SyncOutcome::Missing);
+            }
+            self.api
+                .put_policy(vh, &policy_name, &wanted_policy)
+                .await?;
+            self.api
+                .declare_queue(vh, name, true, &queue_arguments(spec))
+                .await?;
+            for key in &keys {
+                self.api.bind_queue(vh, &spec.source, name, key).await?;
+            }
+            return Ok(SyncOutcome::Created(ConsumerState::default()));
+        };
+        let what = format!("queue {name}");
+        if let Some(why) = t::not_owned(&what, &queue.arguments, &spec.owner) {
+            return Ok(SyncOutcome::Conflict(why));
+        }
+        let mut changed = Vec::new();
+        if queue.queue_type.as_deref() != Some("quorum") {
+            changed.push("type (not a quorum queue)".to_string());
+        }
+        let policy = self.api.policy(vh, &policy_name).await?;
+        let policy_differs = policy.as_ref() != Some(&wanted_policy);
+        if policy_differs {
+            changed.push("maxDeliveries".to_string());
+        }
+        let bound = self
+            .api
+            .bindings_from_exchange_to_queue(vh, &spec.source, name)
+            .await?;
+        let (missing, extra) = binding_changes(&keys, &bound);
+        if !missing.is_empty() || !extra.is_empty() {
+            changed.push("filter".to_string());
+        }
+        let state = state(&queue);
+        if changed.is_empty() {
+            return Ok(SyncOutcome::Unchanged(state));
+        }
+        if !mode.repair || queue.queue_type.as_deref() != Some("quorum") {
+            return Ok(SyncOutcome::Drifted(state, changed));
+        }
+        if policy_differs {
+            self.api
+                .put_policy(vh, &policy_name, &wanted_policy)
+                .await?;
+        }
+        // New bindings first, so that no event of a type still wanted is missed meanwhile.
+        for key in &missing {
+            self.api.bind_queue(vh, &spec.source, name, key).await?;
+        }
+        for b in extra {
+            self.api
+                .unbind_queue(vh, &spec.source, name, &b.properties_key)
+                .await?;
+        }
+        Ok(SyncOutcome::Updated(state, changed))
+    }
+
+    pub(super) async fn delete_consumer(
+        &self,
+        target: &ConsumerTarget,
+    ) -> Result<Deletion, EngineError> {
+        crate::engine::BrokerConnection::require_connected(self)?;
+        if target.source_kind == DestinationKind::Queue {
+            // The Queue's own queue: it belongs to the Queue resource.
+            return Ok(Deletion::Deleted);
+        }
+        let (vh, name) = (&self.vhost, &target.name);
+        let Some(queue) = self.api.queue(vh, name).await? else {
+            self.api.delete_policy(vh, &t::policy_name(name)).await?;
+            return Ok(Deletion::Absent);
+        };
+        let what = format!("queue {name}");
+        if let Some(why) = t::not_owned(&what, &queue.arguments, &target.owner) {
+            return Ok(Deletion::NotOwned(why));
+        }
+        self.api.delete_queue(vh, name).await?;
+        self.api.delete_policy(vh, &t::policy_name(name)).await?;
+        Ok(Deletion::Deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn spec() -> ConsumerSpec {
+        ConsumerSpec {
+            source_kind: DestinationKind::Topic,
+            source: "topic_shop_orders".into(),
+            name: "sub_shop_payment".into(),
+            event_types: vec!["OrderShipped".into(), "OrderPlaced".into()],
+            ack_wait: Duration::from_secs(30),
+            max_deliveries: 5,
+            backoff: Vec::new(),
+            max_ack_pending: 1000,
+            start: StartFrom::New,
+            replicas: 3,
+            owner: "EventSubscription shop/payment".into(),
+        }
+    }
+
+    fn binding(key: &str) -> Binding {
+        Binding {
+            source: "topic_shop_orders".into(),
+            destination: "sub_shop_payment".into(),
+            destination_type: "queue".into(),
+            routing_key: key.into(),
+            properties_key: key.into(),
+            arguments: Map::new(),
+        }
+    }
+
+    #[test]
+    fn a_subscription_queue_is_bound_per_event_type_or_to_everything() {
+        assert_eq!(binding_keys(&spec()), ["OrderPlaced", "OrderShipped"]);
+        let all = ConsumerSpec {
+            event_types: Vec::new(),
+            ..spec()
+        };
+        assert_eq!(binding_keys(&all), ["#"]);
+        assert_eq!(queue_arguments(&spec())["x-quorum-initial-group-size"], 3);
+        assert_eq!(delivery_policy(&spec()).definition["delivery-limit"], 4);
+    }
+
+    #[test]
+    fn binding_changes_add_the_missing_and_remove_the_unwanted() {
+        let bound = [binding("OrderPlaced"), binding("OrderCancelled")];
+        let (missing, extra) = binding_changes(&binding_keys(&spec()), &bound);
+        assert_eq!(missing, ["OrderShipped"]);
+        assert_eq!(extra.len(), 1);
+        assert_eq!(extra[0].routing_key, "OrderCancelled");
+    }
+
+    #[test]
+    fn what_rabbitmq_cannot_do_is_named() {
+        let s = ConsumerSpec {
+            backoff: vec![Duration::from_secs(1)],
+            start: StartFrom::All,
+            ..spec()
+        };
+        let all = unsupported(&s).join("\n");
+        for field in ["ackWait", "backoff", "startFrom"] {
+            assert!(all.contains(field), "{all}");
+        }
+    }
+}
