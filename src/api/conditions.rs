@@ -25,6 +25,8 @@ pub enum ConditionType {
     /// The Broker's engine honours every setting of the spec; otherwise the message names the
     /// settings it cannot honour.
     Supported,
+    /// An EventSubscription's durable consumer is in the broker and matches the spec.
+    ConsumerReady,
 }
 
 impl ConditionType {
@@ -38,6 +40,7 @@ impl ConditionType {
             Self::Degraded => "Degraded",
             Self::Synced => "Synced",
             Self::Supported => "Supported",
+            Self::ConsumerReady => "ConsumerReady",
         }
     }
 }

@@ -79,9 +79,25 @@ pub struct EventFilter {
 
 /// Delivery settings of the subscription's durable consumer.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[x_kube(validation = Rule::new("!has(self.backoff) || size(self.backoff) <= self.maxDeliveries").message("spec.delivery.backoff may list at most spec.delivery.maxDeliveries durations"))]
+#[x_kube(
+    validation = Rule::new("!has(self.backoff) || size(self.backoff) < self.maxDeliveries").message("spec.delivery.backoff may list fewer durations than spec.delivery.maxDeliveries (the first delivery waits for no backoff)"),
+    validation = Rule::new("(self.startFrom == 'Time') == has(self.startTime)").message("set spec.delivery.startTime exactly when spec.delivery.startFrom is Time"),
+    validation = Rule::new("self.startFrom == oldSelf.startFrom && has(self.startTime) == has(oldSelf.startTime) && (!has(self.startTime) || self.startTime == oldSelf.startTime)").message("spec.delivery.startFrom and spec.delivery.startTime are fixed once the subscription exists: create a new EventSubscription to start elsewhere")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct Delivery {
+    /// Where a new subscription starts in its source: `All` (every message the source still
+    /// holds, the default, so that nothing published before the subscription is missed),
+    /// `New` (only messages published after it is created) or `Time` (from `startTime`).
+    /// Fixed once the subscription exists.
+    #[serde(default)]
+    pub start_from: StartFrom,
+    /// With `startFrom: Time`, the time to start from (RFC 3339, `2026-12-01T00:00:00Z`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(
+        pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$"
+    ))]
+    pub start_time: Option<String>,
     /// How long the broker waits for an acknowledgement before it redelivers a message (`30s`).
     #[serde(default = "default_ack_wait")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
@@ -91,8 +107,9 @@ pub struct Delivery {
     #[serde(default = "default_max_deliveries")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_deliveries: i32,
-    /// Delays between redeliveries (`[1s, 5s, 30s]`); the last one repeats. At most
-    /// `maxDeliveries` entries. `ackWait` between redeliveries when left out.
+    /// Delays between redeliveries (`[1s, 5s, 30s]`): how long the broker waits for the
+    /// acknowledgement of each delivery before the next; the last one repeats. Fewer entries
+    /// than `maxDeliveries`. `ackWait` between redeliveries when left out.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), inner(regex(pattern = DURATION_PATTERN)))]
     pub backoff: Vec<String>,
@@ -108,6 +125,8 @@ pub struct Delivery {
 impl Default for Delivery {
     fn default() -> Self {
         Self {
+            start_from: StartFrom::default(),
+            start_time: None,
             ack_wait: default_ack_wait(),
             max_deliveries: default_max_deliveries(),
             backoff: Vec::new(),
@@ -125,6 +144,18 @@ fn default_max_deliveries() -> i32 {
 }
 fn default_max_ack_pending() -> i32 {
     1000
+}
+
+/// Where a new subscription starts in its source.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum StartFrom {
+    /// Every message the source still holds.
+    #[default]
+    All,
+    /// Only messages published after the subscription is created.
+    New,
+    /// Messages published at or after `startTime`.
+    Time,
 }
 
 /// Dead-lettering of messages that exhausted their deliveries.
@@ -248,9 +279,17 @@ pub struct EventSubscriptionStatus {
     /// What the subscription consumes, as `topic/<name>` or `queue/<name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
-    /// Name of the durable consumer inside the broker.
+    /// Name of the durable consumer inside the broker (on RabbitMQ and a Topic, the name of the
+    /// subscription's queue). Set once; never changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consumer_name: Option<String>,
+    /// The Broker that holds the consumer (`namespace/name`), so that deleting the
+    /// subscription removes the consumer even after its source is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<String>,
+    /// The name inside the broker of the stream, queue or exchange the consumer reads from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_in_broker: Option<String>,
     /// Messages not yet delivered to the consumer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<i64>,

@@ -22,10 +22,10 @@ struct Seen {
 }
 
 impl Seen {
-    /// Whether `obj` has to be reconciled, remembering it.
-    fn admit(&mut self, meta: &kube::core::ObjectMeta) -> bool {
+    /// Whether the object with `meta`, whose watched state digests to `wanted`, changed since
+    /// it was last seen, remembering it.
+    fn admit(&mut self, meta: &kube::core::ObjectMeta, wanted: u64) -> bool {
         let uid = digest(&meta.uid);
-        let wanted = digest(&(meta.generation, &meta.finalizers));
         if let Some(relist) = self.relist.as_mut() {
             relist.insert(uid);
         }
@@ -53,15 +53,36 @@ where
     K: Send + 'static,
     S: Stream<Item = Result<Event<K>, watcher::Error>> + Send,
 {
+    // A deleted object has nothing left to reconcile.
+    changed_objects(events, false, move |obj: &K| {
+        let m = meta(obj);
+        (m, digest(&(m.generation, &m.finalizers)))
+    })
+}
+
+/// The objects of `events` whose watched state changed, and with `deletions` those deleted:
+/// `watched` gives an object's metadata and a digest of the state that matters (for a
+/// subscription's source: its spec and readiness, not its depth).
+pub fn changed_objects<K, S, F>(
+    events: S,
+    deletions: bool,
+    watched: F,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send
+where
+    K: Send + 'static,
+    S: Stream<Item = Result<Event<K>, watcher::Error>> + Send,
+    F: Fn(&K) -> (&kube::core::ObjectMeta, u64) + Send + 'static,
+{
     let mut seen = Seen::default();
     events.filter_map(move |event| {
         let out = match event {
             Ok(Event::Apply(obj) | Event::InitApply(obj)) => {
-                seen.admit(meta(&obj)).then_some(Ok(obj))
+                let (meta, wanted) = watched(&obj);
+                seen.admit(meta, wanted).then_some(Ok(obj))
             }
             Ok(Event::Delete(obj)) => {
-                seen.forget(meta(&obj));
-                None
+                seen.forget(watched(&obj).0);
+                deletions.then_some(Ok(obj))
             }
             Ok(Event::Init) => {
                 seen.relist = Some(HashSet::new());

@@ -381,4 +381,90 @@ impl TestBroker {
             Self::Rabbitmq(r) => r.api.queues(&r.vhost).await.unwrap().len(),
         }
     }
+
+    /// Publishes `n` events of `event_type` to the Topic whose name in the broker is `topic`.
+    pub async fn publish_events(&self, topic: &str, event_type: &str, n: usize) {
+        for i in 0..n {
+            let body = format!(r#"{{"orderId":"{event_type}-{i}"}}"#);
+            match self {
+                Self::Nats { js, .. } => {
+                    js.publish(format!("{topic}.{event_type}"), body.into())
+                        .await
+                        .unwrap()
+                        .await
+                        .unwrap();
+                }
+                Self::Rabbitmq(r) => {
+                    r.api
+                        .publish(&r.vhost, topic, event_type, &body, &Map::new())
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+    }
+
+    /// Whether the consumer `name` on `source` exists in the broker (on RabbitMQ, a Topic
+    /// subscription's queue).
+    pub async fn consumer_exists(&self, source: &str, name: &str) -> bool {
+        match self {
+            Self::Nats { js, .. } => js
+                .get_consumer_from_stream::<jetstream::consumer::Config, _, _>(name, source)
+                .await
+                .is_ok(),
+            Self::Rabbitmq(r) => r.api.queue(&r.vhost, name).await.unwrap().is_some(),
+        }
+    }
+
+    /// Takes every message the consumer `name` on `source` has now, acknowledging each, and
+    /// returns their event types (the subject's last token on NATS, the routing key on
+    /// RabbitMQ). Stops once nothing arrives for two seconds.
+    pub async fn drain_consumer(&self, source: &str, name: &str) -> Vec<String> {
+        use futures::StreamExt;
+        let mut types = Vec::new();
+        match self {
+            Self::Nats { js, .. } => {
+                let consumer: jetstream::consumer::PullConsumer =
+                    js.get_consumer_from_stream(name, source).await.unwrap();
+                loop {
+                    let mut batch = consumer
+                        .fetch()
+                        .max_messages(500)
+                        .expires(Duration::from_secs(2))
+                        .messages()
+                        .await
+                        .unwrap();
+                    let mut got = 0;
+                    while let Some(m) = batch.next().await {
+                        let m = m.unwrap();
+                        let subject = m.subject.to_string();
+                        types.push(subject.rsplit('.').next().unwrap().to_string());
+                        m.ack().await.unwrap();
+                        got += 1;
+                    }
+                    if got == 0 {
+                        break;
+                    }
+                }
+            }
+            Self::Rabbitmq(r) => {
+                let deadline = std::time::Instant::now() + Duration::from_secs(2);
+                loop {
+                    let batch = r
+                        .api
+                        .get_messages(&r.vhost, name, 500, false)
+                        .await
+                        .unwrap();
+                    if batch.is_empty() && std::time::Instant::now() > deadline {
+                        break;
+                    }
+                    if batch.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    types.extend(batch.into_iter().map(|m| m.routing_key));
+                }
+            }
+        }
+        types
+    }
 }

@@ -437,8 +437,29 @@ pub fn invalid_cases() -> Vec<Invalid> {
             "subscription-backoff-longer-than-maxDeliveries",
             EventSubscription,
             topic_subscription(),
-            json!({"delivery": {"maxDeliveries": 2, "backoff": ["1s", "5s", "30s"]}}),
-            "spec.delivery.backoff may list at most spec.delivery.maxDeliveries durations",
+            json!({"delivery": {"maxDeliveries": 2, "backoff": ["1s", "5s"]}}),
+            "spec.delivery.backoff may list fewer durations than spec.delivery.maxDeliveries (the first delivery waits for no backoff)",
+        ),
+        invalid(
+            "subscription-startFrom-Time-without-startTime",
+            EventSubscription,
+            topic_subscription(),
+            json!({"delivery": {"startFrom": "Time"}}),
+            "set spec.delivery.startTime exactly when spec.delivery.startFrom is Time",
+        ),
+        invalid(
+            "subscription-startTime-without-startFrom-Time",
+            EventSubscription,
+            topic_subscription(),
+            json!({"delivery": {"startTime": "2026-12-01T00:00:00Z"}}),
+            "set spec.delivery.startTime exactly when spec.delivery.startFrom is Time",
+        ),
+        invalid(
+            "subscription-startTime-not-RFC3339",
+            EventSubscription,
+            topic_subscription(),
+            json!({"delivery": {"startFrom": "Time", "startTime": "yesterday"}}),
+            "spec.delivery.startTime in body should match",
         ),
         invalid(
             "subscription-consumer-neither-template-nor-workloadRef",
@@ -712,7 +733,23 @@ pub fn update_cases() -> Vec<Update> {
                 "an EventSubscription cannot switch between a Topic and a Queue: create a new one",
             ),
         ),
+        update(
+            "subscription-startFrom-changed",
+            EventSubscription,
+            topic_subscription(),
+            json!({"delivery": {"startFrom": "New"}}),
+            Some(
+                "spec.delivery.startFrom and spec.delivery.startTime are fixed once the subscription exists: create a new EventSubscription to start elsewhere",
+            ),
+        ),
         // Mutable fields: these updates must be accepted.
+        update(
+            "subscription-filter-and-maxDeliveries-changed",
+            EventSubscription,
+            topic_subscription(),
+            json!({"filter": {"eventTypes": ["OrderCancelled"]}, "delivery": {"maxDeliveries": 9}}),
+            None,
+        ),
         update(
             "queue-retention-maxAge-changed",
             Queue,

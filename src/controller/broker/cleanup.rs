@@ -1,6 +1,7 @@
 //! A Broker's finalizer: the Broker stays, and with it its connection, until every Queue and
 //! Topic that uses it and still has something to delete in the broker (`deletionPolicy`
-//! `Delete` or `DeleteIfEmpty`, declared there) is gone. So deleting a namespace deletes its
+//! `Delete` or `DeleteIfEmpty`, declared there), and every EventSubscription with a consumer
+//! there, is gone. So deleting a namespace deletes its
 //! `Delete` queues in the broker instead of finding the Broker gone first, and keeps `Retain`
 //! ones. A wait that goes nowhere (the broker unreachable, or no user finishing) is bounded by
 //! the operator's deletion grace period, after which the Broker goes and an Event names the
@@ -16,7 +17,7 @@ use kube::runtime::events::EventType;
 
 use crate::api::common::{BrokerReference, DeletionPolicy};
 use crate::api::conditions::{ConditionType, Desired, Reason, merge};
-use crate::api::{Broker, Queue, StreamStatus, Topic};
+use crate::api::{Broker, EventSubscription, Queue, StreamStatus, Topic};
 use crate::controller::context::Context;
 use crate::controller::driver::{publish, scoped_api};
 use crate::controller::error::{Error, Result};
@@ -69,7 +70,35 @@ async fn users_of_kind<K: StreamKind>(
         .collect())
 }
 
-/// The Queues and Topics that still need the Broker, as `Kind namespace/name`.
+/// The EventSubscriptions in `scope` with a consumer on the Broker `key`: deleting one deletes
+/// its consumer (on RabbitMQ a queue with the events it holds), which needs the Broker.
+async fn subscription_users(
+    ctx: &Context,
+    scope: Option<&str>,
+    key: (&str, &str),
+) -> Result<Vec<String>> {
+    let api: Api<EventSubscription> = scoped_api(&ctx.client, scope);
+    let on = format!("{}/{}", key.0, key.1);
+    let list = api.list(&ListParams::default().match_any()).await?.items;
+    Ok(list
+        .iter()
+        .filter(|s| {
+            s.status.as_ref().is_some_and(|st| {
+                st.consumer_name.is_some() && st.broker.as_deref() == Some(on.as_str())
+            })
+        })
+        .map(|s| {
+            format!(
+                "EventSubscription {}/{}",
+                s.namespace().unwrap_or_default(),
+                s.name_any()
+            )
+        })
+        .collect())
+}
+
+/// The Queues, Topics and EventSubscriptions that still need the Broker, as
+/// `Kind namespace/name`.
 async fn users(ctx: &Context, broker: &Broker) -> Result<Vec<String>> {
     let (b_ns, b_name) = (broker.namespace().unwrap_or_default(), broker.name_any());
     let key = (b_ns.as_str(), b_name.as_str());
@@ -89,6 +118,7 @@ async fn users(ctx: &Context, broker: &Broker) -> Result<Vec<String>> {
     for scope in scopes {
         out.extend(users_of_kind::<Queue>(ctx, scope, key).await?);
         out.extend(users_of_kind::<Topic>(ctx, scope, key).await?);
+        out.extend(subscription_users(ctx, scope, key).await?);
     }
     out.sort();
     Ok(out)

@@ -22,11 +22,14 @@ use crate::api::StreamStatus;
 use crate::api::common::DeletionPolicy;
 use crate::api::conditions::{self, ConditionType, Desired, Reason, merge};
 use crate::controller::context::Context;
-use crate::controller::driver::publish;
+use crate::controller::driver::{Reconcile, publish};
 use crate::controller::error::{Error, Result};
 use crate::controller::refs;
 use crate::controller::status::{api_for, apply_status};
 use crate::engine::{DeleteWhen, Deletion};
+
+/// The reason of the Event that says a stream was left in the broker.
+const LEFT: &str = "StreamLeftInBroker";
 
 pub async fn cleanup_stream<K: StreamKind>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
     let target = target(&*obj);
@@ -53,9 +56,9 @@ pub async fn cleanup_stream<K: StreamKind>(obj: Arc<K>, ctx: Arc<Context>) -> Re
         Link::Connected(c) => c,
         Link::Connecting => {
             let why = "this operator is still connecting to the broker".to_string();
-            return give_up_or_retry(&*obj, &ctx, name, why).await;
+            return give_up_or_retry(&*obj, &ctx, name, why, LEFT).await;
         }
-        Link::Down(why) => return give_up_or_retry(&*obj, &ctx, name, why.message).await,
+        Link::Down(why) => return give_up_or_retry(&*obj, &ctx, name, why.message, LEFT).await,
     };
     let when = match policy {
         DeletionPolicy::DeleteIfEmpty => DeleteWhen::Empty,
@@ -76,18 +79,20 @@ pub async fn cleanup_stream<K: StreamKind>(obj: Arc<K>, ctx: Arc<Context>) -> Re
         Ok(Deletion::NotEmpty(messages, why)) => {
             return blocked(&*obj, &ctx, messages, why).await;
         }
-        Err(e) => return give_up_or_retry(&*obj, &ctx, name, e.to_string()).await,
+        Err(e) => return give_up_or_retry(&*obj, &ctx, name, e.to_string(), LEFT).await,
     };
     publish(&ctx, &*obj, kind, reason, note).await;
     Ok(Action::await_change())
 }
 
-/// Retries while the deletion is younger than the grace period, then lets the resource go.
-async fn give_up_or_retry<K: StreamKind>(
+/// Retries while the deletion is younger than the grace period, then lets the resource go with
+/// a Warning Event of reason `left` saying that `name` stays in the broker.
+pub async fn give_up_or_retry<K: Reconcile>(
     obj: &K,
     ctx: &Context,
     name: &str,
     why: String,
+    left: &str,
 ) -> Result<Action> {
     let since = obj
         .meta()
@@ -104,7 +109,7 @@ async fn give_up_or_retry<K: StreamKind>(
         "the broker stayed unavailable for {}s ({why}); {name} was left in the broker",
         grace.as_secs()
     );
-    publish(ctx, obj, EventType::Warning, "StreamLeftInBroker", note).await;
+    publish(ctx, obj, EventType::Warning, left, note).await;
     Ok(Action::await_change())
 }
 

@@ -1,0 +1,499 @@
+//! The EventSubscription reconciler: resolve the Topic or Queue and the consumer workload ->
+//! validate the filter against the Topic's event types -> build the consumer -> sync it in the
+//! source's broker -> status. Deleting a subscription deletes its consumer (`cleanup`).
+
+mod cleanup;
+pub mod consumer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::Api;
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+
+use super::changes::changed_objects;
+use super::context::Context;
+use super::driver::{Reconcile, dependents, lean, publish, scoped_api};
+use super::error::{Error, Result};
+use super::refs::{self, Resolved};
+use super::status::{api_for, apply_status};
+use super::stream::{Link, StreamKind, link};
+use crate::api::conditions::{self, ConditionType, Desired, Reason, merge};
+use crate::api::{EventSubscription, EventSubscriptionStatus, Queue, Topic};
+use crate::engine::{ConsumerState, SyncMode, SyncOutcome, digest};
+use consumer::{Source, consumer_name, consumer_spec};
+
+/// The finalizer that guards the deletion of a subscription's consumer.
+pub const CONSUMER_FINALIZER: &str = "conveyor.dev/consumer";
+
+const MISSING_REF_RETRY: Duration = Duration::from_secs(30);
+const RETRY: Duration = Duration::from_secs(10);
+
+/// `topic/<name>` or `queue/<name>`: what the subscription consumes, for status and printing.
+pub fn source_label(sub: &EventSubscription) -> Option<String> {
+    match (&sub.spec.topic_ref, &sub.spec.queue_ref) {
+        (Some(t), _) => Some(format!("topic/{}", t.name)),
+        (_, Some(q)) => Some(format!("queue/{}", q.name)),
+        _ => None,
+    }
+}
+
+/// What one pass decided, before it becomes status.
+struct Pass {
+    conditions: Vec<Desired>,
+    state: Option<ConsumerState>,
+    /// The Broker (`namespace/name`) and source name in it, once the consumer is in the broker.
+    placed: Option<(String, String)>,
+    requeue: Duration,
+    /// A broker failure: written to status, then returned so that it is counted and backs off.
+    error: Option<Error>,
+}
+
+impl Pass {
+    fn waiting(conditions: Vec<Desired>, requeue: Duration) -> Self {
+        Self {
+            conditions,
+            state: None,
+            placed: None,
+            requeue,
+            error: None,
+        }
+    }
+
+    /// The subscription cannot have its consumer yet: `why` on ConsumerReady and Ready.
+    fn blocked(resolved: Desired, why: Desired, requeue: Duration) -> Self {
+        let consumer = Desired::is_false(
+            ConditionType::ConsumerReady,
+            why.reason,
+            why.message.clone(),
+        );
+        Self::waiting(vec![resolved, consumer, why.as_not_ready()], requeue)
+    }
+}
+
+impl Reconcile for EventSubscription {
+    const FINALIZER: Option<&'static str> = Some(CONSUMER_FINALIZER);
+
+    async fn apply(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action> {
+        let mut pass = sync(&obj, &ctx).await?;
+        write_status(&obj, &ctx, &pass).await?;
+        if let Some(e) = pass.error.take() {
+            return Err(e);
+        }
+        Ok(Action::requeue(pass.requeue))
+    }
+
+    async fn cleanup(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action> {
+        cleanup::delete_consumer(obj, ctx).await
+    }
+
+    fn watches(
+        controller: Controller<DeserializeGuard<Self>>,
+        ctx: &Context,
+        ns: Option<&str>,
+    ) -> Controller<DeserializeGuard<Self>> {
+        let (topics, queues): (Api<Topic>, Api<Queue>) =
+            (scoped_api(&ctx.client, ns), scoped_api(&ctx.client, ns));
+        let (s1, s2) = (controller.store(), controller.store());
+        // A source's depth changing in its status re-runs nothing: only its spec, its readiness
+        // and its name in the broker concern its subscriptions (and its deletion).
+        let config = || watcher::Config::default().any_semantic();
+        let topics = changed_objects(
+            watcher(topics, config())
+                .default_backoff()
+                .modify(|t| lean(&mut t.metadata)),
+            true,
+            |t: &Topic| (&t.metadata, source_digest(t)),
+        );
+        let queues = changed_objects(
+            watcher(queues, config())
+                .default_backoff()
+                .modify(|q| lean(&mut q.metadata)),
+            true,
+            |q: &Queue| (&q.metadata, source_digest(q)),
+        );
+        controller
+            .watches_stream(topics, move |t: Topic| {
+                dependents(&s1, |s: &EventSubscription| {
+                    s.namespace() == t.namespace()
+                        && s.spec
+                            .topic_ref
+                            .as_ref()
+                            .is_some_and(|r| r.name == t.name_any())
+                })
+            })
+            .watches_stream(queues, move |q: Queue| {
+                dependents(&s2, |s: &EventSubscription| {
+                    s.namespace() == q.namespace()
+                        && s.spec
+                            .queue_ref
+                            .as_ref()
+                            .is_some_and(|r| r.name == q.name_any())
+                })
+            })
+    }
+}
+
+/// What of a Topic or Queue its subscriptions depend on: its spec (generation), whether it is
+/// Ready, and its name in the broker.
+fn source_digest<K: StreamKind>(obj: &K) -> u64 {
+    let status = obj.stream_status();
+    let ready = status
+        .and_then(|s| conditions::find(&s.conditions, ConditionType::Ready))
+        .map(|c| c.status.clone());
+    let name = status.and_then(|s| s.name_in_broker.clone());
+    digest(&(obj.meta().generation, ready, name))
+}
+
+/// Resolve -> check the source -> connect -> build -> sync, as conditions and the consumer's
+/// state.
+async fn sync(obj: &EventSubscription, ctx: &Context) -> Result<Pass> {
+    let source = match resolve(obj, &ctx.client).await? {
+        Ok(s) => s,
+        Err(missing) => {
+            let ready = missing.as_not_ready();
+            let consumer = Desired::is_false(
+                ConditionType::ConsumerReady,
+                missing.reason,
+                missing.message.clone(),
+            );
+            return Ok(Pass::waiting(
+                vec![missing, consumer, ready],
+                MISSING_REF_RETRY,
+            ));
+        }
+    };
+    if let Some(not_ready) = source_not_ready(&source) {
+        return Ok(Pass::blocked(refs::resolved(), not_ready, RETRY));
+    }
+    let ns = obj.namespace().unwrap_or_default();
+    let broker = match refs::broker(ctx, &ns, source.broker_ref()).await? {
+        Ok(b) => b,
+        Err(missing) => return Ok(Pass::blocked(refs::resolved(), missing, MISSING_REF_RETRY)),
+    };
+    let conn = match link(ctx, &broker) {
+        Link::Connected(c) => c,
+        Link::Connecting => return Ok(Pass::waiting(Vec::new(), Duration::from_secs(1))),
+        Link::Down(why) => return Ok(Pass::blocked(refs::resolved(), why, RETRY)),
+    };
+    let wanted = match consumer_spec(obj, &source) {
+        Ok(w) => w,
+        Err(e) => {
+            let invalid = Desired::is_false(ConditionType::Ready, Reason::InvalidSpec, e);
+            return Ok(Pass::blocked(refs::resolved(), invalid, ctx.config.resync));
+        }
+    };
+    let name = &wanted.name;
+    let placed = Some((
+        format!(
+            "{}/{}",
+            broker.namespace().unwrap_or_default(),
+            broker.name_any()
+        ),
+        wanted.source.clone(),
+    ));
+    let mode = SyncMode {
+        create: true,
+        repair: true,
+    };
+    let outcome = match conn.ensure_consumer(&wanted, mode).await {
+        Ok(o) => o,
+        Err(e) => {
+            let msg = format!("consumer {name}: {e}");
+            let failed =
+                Desired::is_false(ConditionType::ConsumerReady, Reason::UpdateRejected, msg);
+            let mut pass = Pass::blocked(refs::resolved(), failed, RETRY);
+            pass.error = Some(Error::Engine(e));
+            return Ok(pass);
+        }
+    };
+    report(obj, ctx, name, &outcome).await;
+    let (consumer, state) = consumer_condition(name, &wanted.source, &outcome);
+    let ready = if consumer.status {
+        Desired::is_true(
+            ConditionType::Ready,
+            Reason::Declared,
+            format!("consumer {name} on {} is in the broker", wanted.source),
+        )
+    } else {
+        consumer.as_not_ready()
+    };
+    let unsupported = conn.unsupported_consumer(&wanted);
+    let supported = if unsupported.is_empty() {
+        Desired::is_true(
+            ConditionType::Supported,
+            Reason::AllSettingsSupported,
+            "the broker honours every setting",
+        )
+    } else {
+        Desired::is_false(
+            ConditionType::Supported,
+            Reason::SettingNotSupported,
+            unsupported.join("; "),
+        )
+    };
+    let placed = state.is_some().then_some(placed).flatten();
+    Ok(Pass {
+        conditions: vec![refs::resolved(), consumer, ready, supported],
+        state,
+        placed,
+        requeue: ctx.config.resync,
+        error: None,
+    })
+}
+
+/// `Ready=False SourceNotReady` while the Topic or Queue is not Ready.
+fn source_not_ready(source: &Source) -> Option<Desired> {
+    let conditions = source.conditions();
+    if conditions::is_true(conditions, ConditionType::Ready) {
+        return None;
+    }
+    let why = conditions::find(conditions, ConditionType::Ready)
+        .map(|c| c.message.as_str())
+        .unwrap_or("no status yet");
+    Some(Desired::is_false(
+        ConditionType::Ready,
+        Reason::SourceNotReady,
+        format!("the source is not Ready: {why}"),
+    ))
+}
+
+/// ConsumerReady from what the sync found, and the consumer's figures when it exists.
+fn consumer_condition(
+    name: &str,
+    source: &str,
+    outcome: &SyncOutcome<ConsumerState>,
+) -> (Desired, Option<ConsumerState>) {
+    let t = ConditionType::ConsumerReady;
+    match outcome {
+        SyncOutcome::Created(s) | SyncOutcome::Unchanged(s) | SyncOutcome::Updated(s, _) => (
+            Desired::is_true(
+                t,
+                Reason::InSync,
+                format!("consumer {name} on {source} matches the spec"),
+            ),
+            Some(*s),
+        ),
+        // Only what the broker cannot change in place is left drifted.
+        SyncOutcome::Drifted(s, changed) => (
+            Desired::is_true(
+                t,
+                Reason::Drifted,
+                format!(
+                    "consumer {name} differs from the spec in {}, which the broker cannot change in place",
+                    changed.join(", ")
+                ),
+            ),
+            Some(*s),
+        ),
+        SyncOutcome::Missing => (
+            Desired::is_false(
+                t,
+                Reason::MissingInBroker,
+                format!("{source} is not in the broker"),
+            ),
+            None,
+        ),
+        SyncOutcome::Conflict(why) => (
+            Desired::is_false(
+                t,
+                Reason::Conflict,
+                format!("{why}; Conveyor does not take it over"),
+            ),
+            None,
+        ),
+    }
+}
+
+/// Events for what the pass did in the broker; a conflict only when it first appears.
+async fn report(
+    obj: &EventSubscription,
+    ctx: &Context,
+    name: &str,
+    outcome: &SyncOutcome<ConsumerState>,
+) {
+    let before = obj
+        .status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, ConditionType::ConsumerReady))
+        .map(|c| c.reason.clone());
+    let (kind, reason, note) = match outcome {
+        SyncOutcome::Created(_) => (
+            EventType::Normal,
+            "ConsumerCreated",
+            format!("created consumer {name}"),
+        ),
+        SyncOutcome::Updated(_, changed) => (
+            EventType::Normal,
+            "ConsumerUpdated",
+            format!("consumer {name}: updated {}", changed.join(", ")),
+        ),
+        SyncOutcome::Conflict(why) if before.as_deref() != Some(Reason::Conflict.as_str()) => {
+            (EventType::Warning, "ConsumerConflict", why.clone())
+        }
+        _ => return,
+    };
+    publish(ctx, obj, kind, reason, note).await;
+}
+
+async fn write_status(obj: &EventSubscription, ctx: &Context, pass: &Pass) -> Result<()> {
+    let old = obj.status.as_ref();
+    let prev = old.cloned().unwrap_or_default();
+    let generation = obj.metadata.generation;
+    let figure = |f: fn(&ConsumerState) -> u64, prev: Option<i64>| match pass.state {
+        Some(s) => Some(f(&s) as i64),
+        None => prev,
+    };
+    let (broker, source_in_broker) = match &pass.placed {
+        Some((b, s)) => (Some(b.clone()), Some(s.clone())),
+        None => (prev.broker.clone(), prev.source_in_broker.clone()),
+    };
+    let new = EventSubscriptionStatus {
+        observed_generation: generation,
+        conditions: merge(
+            old.map(|s| &s.conditions[..]).unwrap_or_default(),
+            &pass.conditions,
+            generation,
+            Timestamp::now(),
+        ),
+        source: source_label(obj),
+        consumer_name: match pass.placed {
+            Some(_) => Some(consumer_name(obj)),
+            None => prev.consumer_name.clone(),
+        },
+        broker,
+        source_in_broker,
+        pending: figure(|s| s.pending, prev.pending),
+        in_flight: figure(|s| s.in_flight, prev.in_flight),
+        backlog: figure(|s| s.backlog(), prev.backlog),
+        ..prev
+    };
+    apply_status(&api_for(&ctx.client, obj), obj, old, &new).await?;
+    Ok(())
+}
+
+/// Finds the source and the workload, and checks the filter against the Topic.
+async fn resolve(obj: &EventSubscription, client: &Client) -> Result<Resolved<Source>> {
+    let ns = obj.namespace().unwrap_or_default();
+    let source = if let Some(t) = &obj.spec.topic_ref {
+        match Api::<Topic>::namespaced(client.clone(), &ns)
+            .get_opt(&t.name)
+            .await?
+        {
+            None => {
+                return Ok(Err(refs::missing(
+                    Reason::TopicNotFound,
+                    format!("Topic {ns}/{} does not exist", t.name),
+                )));
+            }
+            Some(topic) => Source::Topic(topic),
+        }
+    } else if let Some(q) = &obj.spec.queue_ref {
+        match Api::<Queue>::namespaced(client.clone(), &ns)
+            .get_opt(&q.name)
+            .await?
+        {
+            None => {
+                return Ok(Err(refs::missing(
+                    Reason::QueueNotFound,
+                    format!("Queue {ns}/{} does not exist", q.name),
+                )));
+            }
+            Some(queue) => Source::Queue(queue),
+        }
+    } else {
+        return Ok(Err(refs::missing(
+            Reason::ResolutionFailed,
+            "neither spec.topicRef nor spec.queueRef is set".into(),
+        )));
+    };
+    if let (Source::Topic(topic), Some(filter)) = (&source, &obj.spec.filter)
+        && let Some(c) = unknown_event_types(topic, &filter.event_types)
+    {
+        return Ok(Err(c));
+    }
+    if let Some(w) = &obj.spec.consumer.workload_ref {
+        let api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        if api.get_metadata_opt(&w.name).await?.is_none() {
+            return Ok(Err(refs::missing(
+                Reason::WorkloadNotFound,
+                format!(
+                    "Deployment {ns}/{} named in spec.consumer.workloadRef does not exist",
+                    w.name
+                ),
+            )));
+        }
+    }
+    Ok(Ok(source))
+}
+
+/// The condition naming the filter's event types that the Topic does not declare, if any.
+fn unknown_event_types(topic: &Topic, wanted: &[String]) -> Option<Desired> {
+    let unknown: Vec<&str> = wanted
+        .iter()
+        .filter(|w| !topic.spec.event_types.iter().any(|e| &e.type_ == *w))
+        .map(String::as_str)
+        .collect();
+    (!unknown.is_empty()).then(|| {
+        refs::missing(
+            Reason::UnknownEventType,
+            format!("Topic {} does not declare the event types {}: add them to its spec.eventTypes or fix spec.filter", topic.name_any(), unknown.join(", ")),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::TopicSpec;
+    use crate::api::common::BrokerReference;
+    use crate::api::topic::EventType;
+
+    fn topic(types: &[&str]) -> Topic {
+        Topic::new(
+            "orders",
+            TopicSpec {
+                broker_ref: BrokerReference {
+                    name: "events".into(),
+                    namespace: None,
+                },
+                name_in_broker: None,
+                event_types: types
+                    .iter()
+                    .map(|t| EventType {
+                        type_: t.to_string(),
+                        description: None,
+                        schema: None,
+                    })
+                    .collect(),
+                stream: Default::default(),
+            },
+        )
+    }
+
+    #[test]
+    fn filter_on_declared_types_passes() {
+        assert!(unknown_event_types(&topic(&["OrderPlaced"]), &["OrderPlaced".into()]).is_none());
+    }
+
+    #[test]
+    fn filter_on_undeclared_types_names_them() {
+        let c = unknown_event_types(
+            &topic(&["OrderPlaced"]),
+            &["OrderPlaced".into(), "OrderShipped".into()],
+        )
+        .unwrap();
+        assert_eq!(c.reason, Reason::UnknownEventType);
+        assert!(
+            c.message.contains("OrderShipped") && !c.message.contains("OrderPlaced,"),
+            "{}",
+            c.message
+        );
+    }
+}

@@ -1,0 +1,251 @@
+//! EventSubscriptions on real brokers, with the operator as its own process, the same test
+//! body on NATS and on RabbitMQ: the durable consumer is created in the broker, receives exactly
+//! the event types its filter selects, reports its backlog, follows a filter change in place,
+//! and is deleted with the subscription while the Topic and its events stay.
+
+mod common;
+
+use common::broker::EngineKind;
+use common::streams::{Env, T, create_orders_topic, patch_spec};
+use common::{wait_condition, wait_for};
+use conveyor::api::EventSubscription;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::{Value, json};
+
+/// Runs one test body on both engines, as two tests.
+macro_rules! on_both_engines {
+    ($body:ident) => {
+        mod $body {
+            use super::*;
+
+            #[tokio::test]
+            async fn on_nats() {
+                super::$body(EngineKind::Nats).await;
+            }
+
+            #[tokio::test]
+            async fn on_rabbitmq() {
+                super::$body(EngineKind::Rabbitmq).await;
+            }
+        }
+    };
+}
+
+/// A Deployment of the user's own with no replicas, for `consumer.workloadRef`.
+async fn workload(env: &Env, name: &str) {
+    let d: Deployment = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "consumer", "image": "consumer:1"}]}
+            }
+        }
+    }))
+    .unwrap();
+    Api::<Deployment>::namespaced(env.plane.client.clone(), &env.ns.name)
+        .create(&PostParams::default(), &d)
+        .await
+        .unwrap();
+}
+
+async fn create_subscription(api: &Api<EventSubscription>, name: &str, spec: Value) {
+    let sub: EventSubscription = serde_json::from_value(json!({
+        "apiVersion": "conveyor.dev/v1alpha1", "kind": "EventSubscription",
+        "metadata": {"name": name}, "spec": spec
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &sub).await.unwrap();
+}
+
+async fn a_filtered_subscription_receives_exactly_its_event_types(engine: EngineKind) {
+    let env = stream_env!(engine, "sub-filter");
+    create_orders_topic(&env, &["OrderPlaced", "OrderCancelled"]).await;
+    wait_condition(&env.topics, "orders", "Ready", "True", T).await;
+    workload(&env, "payment").await;
+    let subs: Api<EventSubscription> = Api::namespaced(env.plane.client.clone(), &env.ns.name);
+    create_subscription(
+        &subs,
+        "payment",
+        json!({
+            "topicRef": {"name": "orders"},
+            "filter": {"eventTypes": ["OrderPlaced"]},
+            "consumer": {"workloadRef": {"name": "payment"}}
+        }),
+    )
+    .await;
+    wait_condition(&subs, "payment", "ConsumerReady", "True", T).await;
+    wait_condition(&subs, "payment", "Ready", "True", T).await;
+    let sub = subs.get("payment").await.unwrap();
+    let status = sub.status.clone().unwrap();
+    let consumer = env.name_in_broker("sub", "payment");
+    let topic = env.name_in_broker("topic", "orders");
+    assert_eq!(status.consumer_name.as_deref(), Some(consumer.as_str()));
+    assert_eq!(status.source_in_broker.as_deref(), Some(topic.as_str()));
+    assert_eq!(status.source.as_deref(), Some("topic/orders"));
+    assert!(env.broker.consumer_exists(&topic, &consumer).await);
+
+    env.broker.publish_events(&topic, "OrderPlaced", 1000).await;
+    env.broker
+        .publish_events(&topic, "OrderCancelled", 1000)
+        .await;
+    let got = env.broker.drain_consumer(&topic, &consumer).await;
+    assert_eq!(got.len(), 1000, "exactly the 1,000 OrderPlaced events");
+    assert!(got.iter().all(|t| t == "OrderPlaced"), "only OrderPlaced");
+
+    // A filter change is applied in place: the consumer stays and takes the new type.
+    patch_spec(
+        &subs,
+        "payment",
+        json!({"filter": {"eventTypes": ["OrderPlaced", "OrderCancelled"]}}),
+    )
+    .await;
+    wait_for("the filter change to reach the broker", T, || async {
+        let s = subs.get("payment").await.unwrap();
+        (s.status.and_then(|s| s.observed_generation) == s.metadata.generation).then_some(())
+    })
+    .await;
+    env.broker
+        .publish_events(&topic, "OrderCancelled", 10)
+        .await;
+    let got = env.broker.drain_consumer(&topic, &consumer).await;
+    assert_eq!(got, vec!["OrderCancelled".to_string(); 10]);
+
+    // Deleting the subscription deletes its consumer; the Topic keeps its events.
+    subs.delete("payment", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("the subscription to go", T, || async {
+        subs.get_opt("payment")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(!env.broker.consumer_exists(&topic, &consumer).await);
+    assert!(env.broker.exists(true, &topic).await);
+}
+on_both_engines!(a_filtered_subscription_receives_exactly_its_event_types);
+
+async fn a_subscription_waits_for_its_source_and_says_why(engine: EngineKind) {
+    let env = stream_env!(engine, "sub-source");
+    workload(&env, "shipping").await;
+    let subs: Api<EventSubscription> = Api::namespaced(env.plane.client.clone(), &env.ns.name);
+    create_subscription(
+        &subs,
+        "shipping",
+        json!({"topicRef": {"name": "orders"}, "consumer": {"workloadRef": {"name": "shipping"}}}),
+    )
+    .await;
+    let (reason, _) = wait_condition(&subs, "shipping", "ResolvedRefs", "False", T).await;
+    assert_eq!(reason, "TopicNotFound");
+    let (reason, message) = wait_condition(&subs, "shipping", "ConsumerReady", "False", T).await;
+    assert_eq!(reason, "TopicNotFound", "{message}");
+    // The Topic appears: the subscription follows without being touched.
+    create_orders_topic(&env, &["OrderPlaced"]).await;
+    wait_condition(&subs, "shipping", "Ready", "True", T).await;
+    let topic = env.name_in_broker("topic", "orders");
+    let consumer = env.name_in_broker("sub", "shipping");
+    assert!(env.broker.consumer_exists(&topic, &consumer).await);
+}
+on_both_engines!(a_subscription_waits_for_its_source_and_says_why);
+
+async fn a_queue_subscription_takes_the_queues_work(engine: EngineKind) {
+    let env = stream_env!(engine, "sub-queue");
+    env.create_queue("work", json!({})).await;
+    wait_condition(&env.queues, "work", "Ready", "True", T).await;
+    workload(&env, "worker").await;
+    let subs: Api<EventSubscription> = Api::namespaced(env.plane.client.clone(), &env.ns.name);
+    let spec =
+        json!({"queueRef": {"name": "work"}, "consumer": {"workloadRef": {"name": "worker"}}});
+    create_subscription(&subs, "worker", spec.clone()).await;
+    wait_condition(&subs, "worker", "Ready", "True", T).await;
+    let queue = env.name_in_broker("queue", "work");
+    let consumer = match engine {
+        EngineKind::Nats => env.name_in_broker("sub", "worker"),
+        // On RabbitMQ the consumer is the Queue's own queue.
+        EngineKind::Rabbitmq => queue.clone(),
+    };
+    env.broker.publish_to_queue(&queue, 50).await;
+    assert_eq!(env.broker.drain_consumer(&queue, &consumer).await.len(), 50);
+
+    // A second subscription on the same Queue.
+    create_subscription(&subs, "second", spec).await;
+    match engine {
+        EngineKind::Nats => {
+            let (reason, message) =
+                wait_condition(&subs, "second", "ConsumerReady", "False", T).await;
+            assert_eq!(reason, "Conflict", "{message}");
+            assert!(message.contains("one EventSubscription"), "{message}");
+        }
+        // Competing consumers of one quorum queue.
+        EngineKind::Rabbitmq => {
+            wait_condition(&subs, "second", "Ready", "True", T).await;
+        }
+    }
+
+    // Deleting a subscription leaves the Queue and its messages.
+    env.broker.publish_to_queue(&queue, 5).await;
+    subs.delete("worker", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("the subscription to go", T, || async {
+        subs.get_opt("worker")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(env.broker.exists(false, &queue).await);
+    wait_for("the Queue to keep its 5 messages", T, || async {
+        (env.broker.messages(false, &queue).await == Some(5)).then_some(())
+    })
+    .await;
+}
+on_both_engines!(a_queue_subscription_takes_the_queues_work);
+
+async fn a_subscription_deleted_after_its_topic_still_deletes_its_consumer(engine: EngineKind) {
+    let env = stream_env!(engine, "sub-after-topic");
+    // A Retain Topic keeps its stream (or exchange) in the broker when the Topic goes.
+    create_orders_topic(&env, &["OrderPlaced"]).await;
+    wait_condition(&env.topics, "orders", "Ready", "True", T).await;
+    workload(&env, "audit").await;
+    let subs: Api<EventSubscription> = Api::namespaced(env.plane.client.clone(), &env.ns.name);
+    create_subscription(
+        &subs,
+        "audit",
+        json!({"topicRef": {"name": "orders"}, "consumer": {"workloadRef": {"name": "audit"}}}),
+    )
+    .await;
+    wait_condition(&subs, "audit", "Ready", "True", T).await;
+    let topic = env.name_in_broker("topic", "orders");
+    let consumer = env.name_in_broker("sub", "audit");
+    env.topics
+        .delete("orders", &DeleteParams::default())
+        .await
+        .unwrap();
+    let (reason, _) = wait_condition(&subs, "audit", "ResolvedRefs", "False", T).await;
+    assert_eq!(reason, "TopicNotFound");
+    assert!(
+        env.broker.consumer_exists(&topic, &consumer).await,
+        "a missing source does not delete the consumer"
+    );
+    subs.delete("audit", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("the subscription to go", T, || async {
+        subs.get_opt("audit").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert!(!env.broker.consumer_exists(&topic, &consumer).await);
+    assert!(
+        env.broker.exists(true, &topic).await,
+        "the retained Topic stays"
+    );
+}
+on_both_engines!(a_subscription_deleted_after_its_topic_still_deletes_its_consumer);
