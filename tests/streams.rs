@@ -17,25 +17,6 @@ use futures::future::join_all;
 use kube::api::DeleteParams;
 use serde_json::{Value, json};
 
-/// Runs one test body on both engines, as two tests.
-macro_rules! on_both_engines {
-    ($body:ident) => {
-        mod $body {
-            use super::*;
-
-            #[tokio::test]
-            async fn on_nats() {
-                super::$body(EngineKind::Nats).await;
-            }
-
-            #[tokio::test]
-            async fn on_rabbitmq() {
-                super::$body(EngineKind::Rabbitmq).await;
-            }
-        }
-    };
-}
-
 async fn queues_are_created_updated_and_deleted_under_each_policy(engine: EngineKind) {
     let env = stream_env!(
         engine,

@@ -6,31 +6,12 @@
 mod common;
 
 use common::broker::EngineKind;
-use common::streams::{Env, T, create_orders_topic, patch_spec};
+use common::streams::{Env, T, create_orders_topic, patch_spec, wait_gone};
 use common::{wait_condition, wait_for};
 use conveyor::api::EventSubscription;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
-
-/// Runs one test body on both engines, as two tests.
-macro_rules! on_both_engines {
-    ($body:ident) => {
-        mod $body {
-            use super::*;
-
-            #[tokio::test]
-            async fn on_nats() {
-                super::$body(EngineKind::Nats).await;
-            }
-
-            #[tokio::test]
-            async fn on_rabbitmq() {
-                super::$body(EngineKind::Rabbitmq).await;
-            }
-        }
-    };
-}
 
 /// A Deployment of the user's own with no replicas, for `consumer.workloadRef`.
 async fn workload(env: &Env, name: &str) {
@@ -118,14 +99,7 @@ async fn a_filtered_subscription_receives_exactly_its_event_types(engine: Engine
     subs.delete("payment", &DeleteParams::default())
         .await
         .unwrap();
-    wait_for("the subscription to go", T, || async {
-        subs.get_opt("payment")
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    wait_gone(&subs, "payment").await;
     assert!(!env.broker.consumer_exists(&topic, &consumer).await);
     assert!(env.broker.exists(true, &topic).await);
 }
@@ -193,14 +167,7 @@ async fn a_queue_subscription_takes_the_queues_work(engine: EngineKind) {
     subs.delete("worker", &DeleteParams::default())
         .await
         .unwrap();
-    wait_for("the subscription to go", T, || async {
-        subs.get_opt("worker")
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    wait_gone(&subs, "worker").await;
     assert!(env.broker.exists(false, &queue).await);
     wait_for("the Queue to keep its 5 messages", T, || async {
         (env.broker.messages(false, &queue).await == Some(5)).then_some(())
@@ -238,10 +205,7 @@ async fn a_subscription_deleted_after_its_topic_still_deletes_its_consumer(engin
     subs.delete("audit", &DeleteParams::default())
         .await
         .unwrap();
-    wait_for("the subscription to go", T, || async {
-        subs.get_opt("audit").await.unwrap().is_none().then_some(())
-    })
-    .await;
+    wait_gone(&subs, "audit").await;
     assert!(!env.broker.consumer_exists(&topic, &consumer).await);
     assert!(
         env.broker.exists(true, &topic).await,

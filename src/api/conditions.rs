@@ -169,6 +169,23 @@ impl Reason {
     }
 }
 
+/// `Supported`: true when the engine honours every setting, else false naming each one it cannot.
+pub fn supported(unsupported: &[String]) -> Desired {
+    if unsupported.is_empty() {
+        Desired::is_true(
+            ConditionType::Supported,
+            Reason::AllSettingsSupported,
+            "the broker honours every setting",
+        )
+    } else {
+        Desired::is_false(
+            ConditionType::Supported,
+            Reason::SettingNotSupported,
+            unsupported.join("; "),
+        )
+    }
+}
+
 /// A condition as a reconciler decides it, before timestamps and generations are attached.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Desired {

@@ -194,6 +194,38 @@ macro_rules! stream_env {
     }};
 }
 
+/// Runs one test body (an `async fn(EngineKind)`) on both engines, as two tests; the test file
+/// imports `EngineKind`.
+#[macro_export]
+macro_rules! on_both_engines {
+    ($body:ident) => {
+        mod $body {
+            use super::*;
+
+            #[tokio::test]
+            async fn on_nats() {
+                super::$body(EngineKind::Nats).await;
+            }
+
+            #[tokio::test]
+            async fn on_rabbitmq() {
+                super::$body(EngineKind::Rabbitmq).await;
+            }
+        }
+    };
+}
+
+/// Waits until the object `name` is gone (its finalizers done).
+pub async fn wait_gone<K>(api: &Api<K>, name: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    super::wait_for(&format!("{name} to be deleted"), T, || async {
+        api.get_opt(name).await.unwrap().is_none().then_some(())
+    })
+    .await;
+}
+
 /// Creates the Topic `orders` with the given event types, each with a small schema.
 pub async fn create_orders_topic(env: &Env, types: &[&str]) {
     let types: Vec<Value> = types

@@ -369,19 +369,7 @@ fn synced<K: StreamKind>(
     } else {
         synced.as_not_ready()
     };
-    let supported = if unsupported.is_empty() {
-        Desired::is_true(
-            ConditionType::Supported,
-            Reason::AllSettingsSupported,
-            "the broker honours every setting",
-        )
-    } else {
-        Desired::is_false(
-            ConditionType::Supported,
-            Reason::SettingNotSupported,
-            unsupported.join("; "),
-        )
-    };
+    let supported = conditions::supported(&unsupported);
     let declared = matches!(
         outcome,
         SyncOutcome::Created(_)

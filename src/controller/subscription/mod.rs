@@ -225,19 +225,7 @@ async fn sync(obj: &EventSubscription, ctx: &Context) -> Result<Pass> {
         consumer.as_not_ready()
     };
     let unsupported = conn.unsupported_consumer(&wanted);
-    let supported = if unsupported.is_empty() {
-        Desired::is_true(
-            ConditionType::Supported,
-            Reason::AllSettingsSupported,
-            "the broker honours every setting",
-        )
-    } else {
-        Desired::is_false(
-            ConditionType::Supported,
-            Reason::SettingNotSupported,
-            unsupported.join("; "),
-        )
-    };
+    let supported = conditions::supported(&unsupported);
     let placed = state.is_some().then_some(placed).flatten();
     Ok(Pass {
         conditions: vec![refs::resolved(), consumer, ready, supported],

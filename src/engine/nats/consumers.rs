@@ -4,18 +4,16 @@
 //! metadata, as on streams. Where it starts (`deliver_policy`) is fixed at creation; the rest
 //! changes in place.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::stream::ConsumerErrorKind;
 
 use super::connection::Connection;
-use super::streams::OWNER_KEY;
+use super::streams::{OWNER_KEY, timed};
 use crate::engine::consumers::{ConsumerSpec, ConsumerState, ConsumerTarget, StartFrom};
 use crate::engine::{Deletion, DestinationKind, EngineError, SyncMode, SyncOutcome};
-
-const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The server's answer when a second unfiltered consumer is put on a work-queue stream.
 const WORK_QUEUE_TAKEN: ErrorCode = ErrorCode(10099);
@@ -149,16 +147,6 @@ fn code(kind: &ConsumerErrorKind) -> Option<ErrorCode> {
     }
 }
 
-async fn timed<T>(
-    f: impl std::future::Future<Output = Result<T, EngineError>>,
-) -> Result<T, EngineError> {
-    tokio::time::timeout(TIMEOUT, f).await.unwrap_or_else(|_| {
-        Err(EngineError::Unreachable(
-            "JetStream did not answer within 5 s".into(),
-        ))
-    })
-}
-
 impl Connection {
     /// The consumer's info, or `None` when it (or its stream) does not exist.
     async fn consumer_info(
@@ -278,6 +266,7 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn spec() -> ConsumerSpec {
         ConsumerSpec {

@@ -157,7 +157,8 @@ fn request(e: impl std::fmt::Display) -> EngineError {
     EngineError::Request(e.to_string())
 }
 
-async fn timed<T>(
+/// `f`, or `Unreachable` when JetStream does not answer within 5 s.
+pub(super) async fn timed<T>(
     f: impl std::future::Future<Output = Result<T, EngineError>>,
 ) -> Result<T, EngineError> {
     tokio::time::timeout(TIMEOUT, f).await.unwrap_or_else(|_| {

@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 
 use super::RabbitConnection;
 use super::management::{Binding, Policy, QueueInfo};
-use super::topology::{self as t, OWNER_ARG, POLICY_PRIORITY};
+use super::topology::{self as t, POLICY_PRIORITY};
 use crate::engine::consumers::{ConsumerSpec, ConsumerState, ConsumerTarget, StartFrom};
 use crate::engine::{Deletion, DestinationKind, EngineError, SyncMode, SyncOutcome};
 
@@ -29,14 +29,7 @@ pub fn binding_keys(spec: &ConsumerSpec) -> Vec<String> {
 
 /// The arguments of a subscription queue, fixed at declaration.
 pub fn queue_arguments(spec: &ConsumerSpec) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert("x-queue-type".into(), json!("quorum"));
-    m.insert(
-        "x-quorum-initial-group-size".into(),
-        json!(spec.replicas.max(1)),
-    );
-    m.insert(OWNER_ARG.into(), json!(spec.owner));
-    m
+    t::quorum_arguments(spec.replicas, &spec.owner)
 }
 
 /// The policy of a subscription queue: a message returned more than `delivery-limit` times is

@@ -46,13 +46,15 @@ pub fn exact(name: &str) -> String {
 
 /// The arguments of a Queue's (or a Topic's unrouted) quorum queue.
 pub fn queue_arguments(spec: &DestinationSpec) -> Map<String, Value> {
+    quorum_arguments(spec.replicas, &spec.owner)
+}
+
+/// The arguments of a quorum queue of `replicas` members owned by `owner`.
+pub fn quorum_arguments(replicas: usize, owner: &str) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("x-queue-type".into(), json!("quorum"));
-    m.insert(
-        "x-quorum-initial-group-size".into(),
-        json!(spec.replicas.max(1)),
-    );
-    m.insert(OWNER_ARG.into(), json!(spec.owner));
+    m.insert("x-quorum-initial-group-size".into(), json!(replicas.max(1)));
+    m.insert(OWNER_ARG.into(), json!(owner));
     m
 }
 
