@@ -60,6 +60,8 @@ async fn a_filtered_subscription_receives_exactly_its_event_types(engine: Engine
     .await;
     wait_condition(&subs, "payment", "ConsumerReady", "True", T).await;
     wait_condition(&subs, "payment", "Ready", "True", T).await;
+    let deployments: Api<Deployment> = Api::namespaced(env.plane.client.clone(), &env.ns.name);
+    let before = deployments.get("payment").await.unwrap();
     let sub = subs.get("payment").await.unwrap();
     let status = sub.status.clone().unwrap();
     let consumer = env.name_in_broker("sub", "payment");
@@ -94,6 +96,32 @@ async fn a_filtered_subscription_receives_exactly_its_event_types(engine: Engine
         .await;
     let got = env.broker.drain_consumer(&topic, &consumer).await;
     assert_eq!(got, vec!["OrderCancelled".to_string(); 10]);
+    let after = deployments.get("payment").await.unwrap();
+    // The plane's Deployment controller writes its status; Conveyor writes nothing.
+    assert_eq!(
+        after.spec, before.spec,
+        "a workloadRef Deployment is never written"
+    );
+    assert_eq!(after.metadata.labels, before.metadata.labels);
+    assert_eq!(after.metadata.annotations, before.metadata.annotations);
+    let managers: Vec<_> = after
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert!(
+        !managers
+            .iter()
+            .any(|m| m == conveyor::controller::FIELD_MANAGER),
+        "{managers:?}"
+    );
+    assert!(
+        after.metadata.owner_references.is_none(),
+        "nor adopted: {:?}",
+        after.metadata.owner_references
+    );
 
     // Deleting the subscription deletes its consumer; the Topic keeps its events.
     subs.delete("payment", &DeleteParams::default())
@@ -213,3 +241,105 @@ async fn a_subscription_deleted_after_its_topic_still_deletes_its_consumer(engin
     );
 }
 on_both_engines!(a_subscription_deleted_after_its_topic_still_deletes_its_consumer);
+
+async fn a_template_subscription_gets_a_deployment_and_a_secret_that_work(engine: EngineKind) {
+    use k8s_openapi::api::core::v1::Secret;
+    let env = stream_env!(engine, "sub-template");
+    create_orders_topic(&env, &["OrderPlaced"]).await;
+    wait_condition(&env.topics, "orders", "Ready", "True", T).await;
+    let subs: Api<EventSubscription> = Api::namespaced(env.plane.client.clone(), &env.ns.name);
+    create_subscription(
+        &subs,
+        "payment",
+        json!({
+            "topicRef": {"name": "orders"},
+            "consumer": {"template": {
+                "metadata": {"labels": {"app": "payment"}},
+                "spec": {"containers": [{"name": "app", "image": "shop/payment:1"}]}
+            }}
+        }),
+    )
+    .await;
+    wait_condition(&subs, "payment", "Ready", "True", T).await;
+    let deployments: Api<Deployment> = Api::namespaced(env.plane.client.clone(), &env.ns.name);
+    let secrets: Api<Secret> = Api::namespaced(env.plane.client.clone(), &env.ns.name);
+    let d = wait_for("the consumer Deployment", T, || async {
+        deployments.get_opt("payment").await.unwrap()
+    })
+    .await;
+    let sub = subs.get("payment").await.unwrap();
+    let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(owner.uid, sub.metadata.uid.clone().unwrap());
+    assert_eq!(owner.controller, Some(true));
+    let pod = d.spec.template.clone();
+    assert_eq!(pod.metadata.unwrap().labels.unwrap()["app"], "payment");
+    let env_from = pod.spec.unwrap().containers[0].env_from.clone().unwrap();
+    assert_eq!(
+        env_from[0].secret_ref.as_ref().unwrap().name,
+        "payment-consumer"
+    );
+
+    let secret = secrets.get("payment-consumer").await.unwrap();
+    let data = secret.data.unwrap();
+    let value = |k: &str| String::from_utf8(data[k].0.clone()).unwrap();
+    let topic = env.name_in_broker("topic", "orders");
+    let consumer = env.name_in_broker("sub", "payment");
+    assert_eq!(value("CONVEYOR_ENGINE"), engine.name());
+    assert_eq!(value("CONVEYOR_SOURCE"), topic);
+    assert_eq!(value("CONVEYOR_CONSUMER"), consumer);
+    assert_eq!(
+        value("CONVEYOR_SUBSCRIPTION"),
+        format!("{}/payment", env.ns.name)
+    );
+    assert!(!value("CONVEYOR_URLS").is_empty());
+    if engine == EngineKind::Nats {
+        // A real client with nothing but the Secret's settings receives an event.
+        env.broker.publish_events(&topic, "OrderPlaced", 1).await;
+        let client = async_nats::connect(value("CONVEYOR_URLS")).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let c: async_nats::jetstream::consumer::PullConsumer = js
+            .get_consumer_from_stream(value("CONVEYOR_CONSUMER"), value("CONVEYOR_SOURCE"))
+            .await
+            .unwrap();
+        let mut batch = c.fetch().max_messages(1).messages().await.unwrap();
+        use futures::StreamExt;
+        let m = batch.next().await.unwrap().unwrap();
+        assert!(m.subject.ends_with(".OrderPlaced"));
+        m.ack().await.unwrap();
+    } else {
+        assert_eq!(value("CONVEYOR_VIRTUAL_HOST"), env.broker.vhost().unwrap());
+    }
+
+    // The replica count belongs to whoever scales: a later reconcile leaves it.
+    deployments
+        .patch_scale(
+            "payment",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"replicas": 3}})),
+        )
+        .await
+        .unwrap();
+    patch_spec(&subs, "payment", json!({"delivery": {"maxDeliveries": 7}})).await;
+    wait_for("the change to be reconciled", T, || async {
+        let s = subs.get("payment").await.unwrap();
+        (s.status.and_then(|s| s.observed_generation) == s.metadata.generation).then_some(())
+    })
+    .await;
+    let d = deployments.get("payment").await.unwrap();
+    assert_eq!(d.spec.replicas, Some(3));
+
+    // A deleted Deployment is made again.
+    deployments
+        .delete("payment", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("the Deployment to be made again", T, || async {
+        deployments
+            .get_opt("payment")
+            .await
+            .unwrap()
+            .filter(|n| n.metadata.uid != d.metadata.uid)
+    })
+    .await;
+}
+on_both_engines!(a_template_subscription_gets_a_deployment_and_a_secret_that_work);

@@ -1,5 +1,6 @@
 //! Pure builders of the names and objects Conveyor owns. No IO.
 
+pub mod consumer;
 pub mod labels;
 pub mod managed;
 pub mod names;

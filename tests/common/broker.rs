@@ -143,6 +143,14 @@ impl TestBroker {
         }
     }
 
+    /// The test's virtual host on RabbitMQ.
+    pub fn vhost(&self) -> Option<&str> {
+        match self {
+            Self::Nats { .. } => None,
+            Self::Rabbitmq(r) => Some(&r.vhost),
+        }
+    }
+
     pub fn engine(&self) -> EngineKind {
         match self {
             Self::Nats { .. } => EngineKind::Nats,

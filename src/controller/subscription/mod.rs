@@ -4,14 +4,16 @@
 
 mod cleanup;
 pub mod consumer;
+mod workload;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
-use kube::core::DeserializeGuard;
+use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -27,6 +29,7 @@ use super::stream::{Link, StreamKind, link};
 use crate::api::conditions::{self, ConditionType, Desired, Reason, merge};
 use crate::api::{EventSubscription, EventSubscriptionStatus, Queue, Topic};
 use crate::engine::{ConsumerState, SyncMode, SyncOutcome, digest};
+use crate::resources::consumer::SUBSCRIPTION as SUBSCRIPTION_LABEL;
 use consumer::{Source, consumer_name, consumer_spec};
 
 /// The finalizer that guards the deletion of a subscription's consumer.
@@ -51,6 +54,8 @@ struct Pass {
     /// The Broker (`namespace/name`) and source name in it, once the consumer is in the broker.
     placed: Option<(String, String)>,
     requeue: Duration,
+    /// Replicas of the consumer workload, when it exists.
+    replicas: Option<i32>,
     /// A broker failure: written to status, then returned so that it is counted and backs off.
     error: Option<Error>,
 }
@@ -62,6 +67,7 @@ impl Pass {
             state: None,
             placed: None,
             requeue,
+            replicas: None,
             error: None,
         }
     }
@@ -118,7 +124,24 @@ impl Reconcile for EventSubscription {
             true,
             |q: &Queue| (&q.metadata, source_digest(q)),
         );
+        // The Deployments and Secrets Conveyor made for subscriptions: a deleted or edited one
+        // is put back. Metadata only, and only those labelled as a subscription's.
+        let owned = || {
+            watcher::Config::default()
+                .any_semantic()
+                .labels(SUBSCRIPTION_LABEL)
+        };
+        let deployments: Api<PartialObjectMeta<Deployment>> = scoped_api(&ctx.client, ns);
+        let secrets: Api<PartialObjectMeta<Secret>> = scoped_api(&ctx.client, ns);
+        let deployments = watcher(deployments, owned())
+            .default_backoff()
+            .touched_objects();
+        let secrets = watcher(secrets, owned())
+            .default_backoff()
+            .touched_objects();
         controller
+            .owns_stream(deployments)
+            .owns_stream(secrets)
             .watches_stream(topics, move |t: Topic| {
                 dependents(&s1, |s: &EventSubscription| {
                     s.namespace() == t.namespace()
@@ -227,11 +250,17 @@ async fn sync(obj: &EventSubscription, ctx: &Context) -> Result<Pass> {
     let unsupported = conn.unsupported_consumer(&wanted);
     let supported = conditions::supported(&unsupported);
     let placed = state.is_some().then_some(placed).flatten();
+    // The workload's Secret names the consumer: only once the consumer is there.
+    let replicas = match state {
+        Some(_) => workload::apply_workload(obj, ctx, &broker, &wanted).await?,
+        None => None,
+    };
     Ok(Pass {
         conditions: vec![refs::resolved(), consumer, ready, supported],
         state,
         placed,
         requeue: ctx.config.resync,
+        replicas,
         error: None,
     })
 }
@@ -360,7 +389,7 @@ async fn write_status(obj: &EventSubscription, ctx: &Context, pass: &Pass) -> Re
         pending: figure(|s| s.pending, prev.pending),
         in_flight: figure(|s| s.in_flight, prev.in_flight),
         backlog: figure(|s| s.backlog(), prev.backlog),
-        ..prev
+        replicas: pass.replicas.or(prev.replicas),
     };
     apply_status(&api_for(&ctx.client, obj), obj, old, &new).await?;
     Ok(())
