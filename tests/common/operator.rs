@@ -35,8 +35,15 @@ impl Operator {
         Self::start_with(plane, ns, identity, &[])
     }
 
-    /// Like `start`, with extra `conveyor run` arguments.
+    /// Like `start`, with extra `conveyor run` arguments (a `--lease-duration-seconds` among
+    /// them replaces the 3 s).
     pub fn start_with(plane: &Plane, ns: &str, identity: &str, extra: &[&str]) -> Self {
+        let lease_flag = "--lease-duration-seconds";
+        let lease: &[&str] = if extra.contains(&lease_flag) {
+            &[]
+        } else {
+            &[lease_flag, "3"]
+        };
         let port = free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_conveyor"))
@@ -47,14 +54,8 @@ impl Operator {
                 "--namespaces",
                 ns,
             ])
-            .args([
-                "--lease-namespace",
-                ns,
-                "--lease-name",
-                LEASE,
-                "--lease-duration-seconds",
-                "3",
-            ])
+            .args(["--lease-namespace", ns, "--lease-name", LEASE])
+            .args(lease)
             .args(["--identity", identity, "--resync-seconds", "60"])
             .args(extra)
             .env("KUBECONFIG", &plane.kubeconfig)

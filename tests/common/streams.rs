@@ -57,6 +57,14 @@ impl Env {
         if !extra.contains(&grace) {
             args.extend([grace, "3"]);
         }
+        // These tests are about resources, not leadership: a lease of the production length
+        // keeps a renewal slowed by the many tests loading the API server at once from ending
+        // the one operator (a 3 s lease leaves a renewal 1 s). It stops with SIGTERM, which
+        // releases the lease, so a restarted operator takes over at once.
+        let lease = "--lease-duration-seconds";
+        if !extra.contains(&lease) {
+            args.extend([lease, "15"]);
+        }
         args.extend_from_slice(extra);
         let op = Operator::start_with(&plane, &ns.name, test, &args);
         let args = args.iter().map(|a| a.to_string()).collect();
