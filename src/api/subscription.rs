@@ -39,10 +39,15 @@ use super::topic::EVENT_TYPE_PATTERN;
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[kube(
+    validation = Rule::new("size(self.metadata.name) <= 63").message("an EventSubscription's name must be at most 63 characters: it labels its consumer's pods")
+)]
 #[x_kube(
     validation = Rule::new("has(self.topicRef) != has(self.queueRef)").message("set exactly one of spec.topicRef or spec.queueRef"),
     validation = Rule::new("has(self.topicRef) == has(oldSelf.topicRef)").message("an EventSubscription cannot switch between a Topic and a Queue: create a new one"),
-    validation = Rule::new("!has(self.queueRef) || !has(self.filter)").message("spec.filter selects event types of a Topic; remove it when spec.queueRef is set")
+    validation = Rule::new("!has(self.queueRef) || !has(self.filter)").message("spec.filter selects event types of a Topic; remove it when spec.queueRef is set"),
+    validation = Rule::new("!has(self.queueRef) || self.delivery.startFrom == 'All'").message("a subscription on a Queue takes all of its work: spec.delivery.startFrom must be All with spec.queueRef"),
+    validation = Rule::new("has(self.consumer.template) == has(oldSelf.consumer.template)").message("an EventSubscription cannot switch between spec.consumer.template and spec.consumer.workloadRef: create a new one")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct EventSubscriptionSpec {

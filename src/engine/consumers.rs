@@ -37,6 +37,8 @@ pub struct ConsumerSpec {
     /// Messages delivered and not yet acknowledged at once, across all replicas.
     pub max_ack_pending: i64,
     pub start: StartFrom,
+    /// Keep messages that used up their deliveries (`delivery.deadLetter.enabled`).
+    pub dead_letter: bool,
     /// Replicas of what the consumer keeps in the broker (a subscription queue on RabbitMQ).
     pub replicas: usize,
     /// Who owns the consumer (`EventSubscription shop/payment`); one with another owner, or
@@ -77,5 +79,14 @@ impl From<&ConsumerSpec> for ConsumerTarget {
             name: spec.name.clone(),
             owner: spec.owner.clone(),
         }
+    }
+}
+
+/// The message for a dead-letter request that this build cannot honour yet, on any engine.
+pub fn dead_letters_unsupported(spec: &ConsumerSpec) -> Vec<String> {
+    if spec.dead_letter {
+        vec!["spec.delivery.deadLetter: not available yet; a message that used up maxDeliveries is given up on (NATS: it stays in a Topic's stream; RabbitMQ: it is dropped)".to_string()]
+    } else {
+        Vec::new()
     }
 }

@@ -441,6 +441,21 @@ pub fn invalid_cases() -> Vec<Invalid> {
             "spec.delivery.backoff may list fewer durations than spec.delivery.maxDeliveries (the first delivery waits for no backoff)",
         ),
         invalid(
+            "subscription-name-longer-than-63",
+            EventSubscription,
+            topic_subscription(),
+            json!({}),
+            "an EventSubscription's name must be at most 63 characters: it labels its consumer's pods",
+        )
+        .named("subscription-whose-name-is-longer-than-sixty-three-characters-in-all"),
+        invalid(
+            "subscription-queue-startFrom-New",
+            EventSubscription,
+            queue_subscription(),
+            json!({"delivery": {"startFrom": "New"}}),
+            "a subscription on a Queue takes all of its work: spec.delivery.startFrom must be All with spec.queueRef",
+        ),
+        invalid(
             "subscription-startFrom-Time-without-startTime",
             EventSubscription,
             topic_subscription(),
@@ -731,6 +746,18 @@ pub fn update_cases() -> Vec<Update> {
             json!({"queueRef": null, "topicRef": {"name": "orders"}}),
             Some(
                 "an EventSubscription cannot switch between a Topic and a Queue: create a new one",
+            ),
+        ),
+        update(
+            "subscription-template-to-workloadRef",
+            EventSubscription,
+            with(
+                &topic_subscription(),
+                json!({"consumer": {"workloadRef": null, "template": pod_template()}}),
+            ),
+            json!({"consumer": {"template": null, "workloadRef": {"name": "worker"}}}),
+            Some(
+                "an EventSubscription cannot switch between spec.consumer.template and spec.consumer.workloadRef: create a new one",
             ),
         ),
         update(

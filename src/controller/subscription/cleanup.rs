@@ -16,27 +16,53 @@ use crate::controller::stream::cleanup::give_up_or_retry;
 use crate::controller::stream::{Link, link};
 use crate::engine::{ConsumerTarget, Deletion, DestinationKind};
 
-use super::consumer::owner;
+use super::consumer::{consumer_name, owner};
+use crate::api::common::BrokerReference;
+use crate::controller::refs;
+use kube::ResourceExt;
 
 const LEFT: &str = "ConsumerLeftInBroker";
 
-pub async fn delete_consumer(obj: Arc<EventSubscription>, ctx: Arc<Context>) -> Result<Action> {
+/// Where the consumer is: from status, else (a consumer created by a pass whose status write
+/// did not happen) from the source as the spec names it.
+async fn placement(
+    obj: &EventSubscription,
+    ctx: &Context,
+) -> Result<Option<(String, BrokerReference, String)>> {
     let status = obj.status.clone().unwrap_or_default();
-    let (Some(name), Some(broker), Some(source)) =
-        (status.consumer_name, status.broker, status.source_in_broker)
-    else {
-        // No consumer was ever made.
+    if let (Some(broker), Some(source)) = (status.broker, status.source_in_broker)
+        && let Some((ns, name)) = broker.split_once('/')
+    {
+        let r = BrokerReference {
+            name: name.into(),
+            namespace: Some(ns.into()),
+        };
+        let consumer = status.consumer_name.unwrap_or_else(|| consumer_name(obj));
+        return Ok(Some((consumer, r, source)));
+    }
+    Ok(super::source_of(obj, &ctx.client).await?.map(|source| {
+        (
+            consumer_name(obj),
+            source.broker_ref().clone(),
+            source.name_in_broker(),
+        )
+    }))
+}
+
+pub async fn delete_consumer(obj: Arc<EventSubscription>, ctx: Arc<Context>) -> Result<Action> {
+    let Some((name, broker_ref, source)) = placement(&obj, &ctx).await? else {
+        // Neither recorded nor findable: no consumer can have been made for it.
         return Ok(Action::await_change());
     };
-    let Some((b_ns, b_name)) = broker.split_once('/') else {
-        return Ok(Action::await_change());
-    };
-    let Some(broker) = ctx.broker_cache.get(b_ns, b_name) else {
-        // The Broker is gone; a managed broker's consumers went with its servers.
-        let note =
-            format!("Broker {b_ns}/{b_name} no longer exists; consumer {name} was not deleted");
-        publish(&ctx, &*obj, EventType::Warning, LEFT, note).await;
-        return Ok(Action::await_change());
+    let ns = obj.namespace().unwrap_or_default();
+    let broker = match refs::broker(&ctx, &ns, &broker_ref).await? {
+        Ok(b) => b,
+        Err(missing) => {
+            // The Broker is gone; a managed broker's consumers went with its servers.
+            let note = format!("{}; consumer {name} was not deleted", missing.message);
+            publish(&ctx, &*obj, EventType::Warning, LEFT, note).await;
+            return Ok(Action::await_change());
+        }
     };
     let conn = match link(&ctx, &broker) {
         Link::Connected(c) => c,

@@ -121,6 +121,7 @@ pub fn consumer_spec(sub: &EventSubscription, source: &Source) -> Result<Consume
         backoff,
         max_ack_pending: i64::from(d.max_ack_pending),
         start: start(sub)?,
+        dead_letter: d.dead_letter.enabled,
         replicas: source.replicas(),
         owner: owner(sub),
     })

@@ -250,18 +250,27 @@ async fn sync(obj: &EventSubscription, ctx: &Context) -> Result<Pass> {
     let unsupported = conn.unsupported_consumer(&wanted);
     let supported = conditions::supported(&unsupported);
     let placed = state.is_some().then_some(placed).flatten();
-    // The workload's Secret names the consumer: only once the consumer is there.
-    let replicas = match state {
-        Some(_) => workload::apply_workload(obj, ctx, &broker, &wanted).await?,
-        None => None,
+    // The workload's Secret names the consumer: only once the consumer is there. A failure
+    // is returned after the status (which records the consumer) is written.
+    let mut conditions = vec![refs::resolved(), consumer, ready, supported];
+    let (replicas, error) = match state {
+        Some(_) => match workload::apply_workload(obj, ctx, &broker, &wanted).await {
+            Ok(workload::Workload::Applied(replicas)) => (replicas, None),
+            Ok(workload::Workload::Conflict(why)) => {
+                conditions[2] = Desired::is_false(ConditionType::Ready, Reason::Conflict, why);
+                (None, None)
+            }
+            Err(e) => (None, Some(e)),
+        },
+        None => (None, None),
     };
     Ok(Pass {
-        conditions: vec![refs::resolved(), consumer, ready, supported],
+        conditions,
         state,
         placed,
         requeue: ctx.config.resync,
         replicas,
-        error: None,
+        error,
     })
 }
 
@@ -393,6 +402,22 @@ async fn write_status(obj: &EventSubscription, ctx: &Context, pass: &Pass) -> Re
     };
     apply_status(&api_for(&ctx.client, obj), obj, old, &new).await?;
     Ok(())
+}
+
+/// The Topic or Queue the spec names, if it exists.
+async fn source_of(obj: &EventSubscription, client: &Client) -> Result<Option<Source>> {
+    let ns = obj.namespace().unwrap_or_default();
+    Ok(match (&obj.spec.topic_ref, &obj.spec.queue_ref) {
+        (Some(t), _) => Api::<Topic>::namespaced(client.clone(), &ns)
+            .get_opt(&t.name)
+            .await?
+            .map(Source::Topic),
+        (_, Some(q)) => Api::<Queue>::namespaced(client.clone(), &ns)
+            .get_opt(&q.name)
+            .await?
+            .map(Source::Queue),
+        _ => None,
+    })
 }
 
 /// Finds the source and the workload, and checks the filter against the Topic.

@@ -25,11 +25,17 @@ const WORK_QUEUE_OVERLAP: ErrorCode = ErrorCode(10100);
 pub fn filter_subjects(spec: &ConsumerSpec) -> Vec<String> {
     match spec.source_kind {
         DestinationKind::Queue => Vec::new(),
-        DestinationKind::Topic => spec
-            .event_types
-            .iter()
-            .map(|t| format!("{}.{t}", spec.source))
-            .collect(),
+        DestinationKind::Topic => {
+            // The server refuses overlapping filters: each type once.
+            let mut subjects: Vec<String> = spec
+                .event_types
+                .iter()
+                .map(|t| format!("{}.{t}", spec.source))
+                .collect();
+            subjects.sort();
+            subjects.dedup();
+            subjects
+        }
     }
 }
 
@@ -210,7 +216,10 @@ impl Connection {
             if in_place.is_empty() && fixed.is_empty() {
                 return Ok(SyncOutcome::Unchanged(state(&info)));
             }
-            if !mode.repair || in_place.is_empty() {
+            // An update must carry what the server cannot change as it is; a consumer that
+            // differs in more than its start position is only reported.
+            let unfixable = fixed.iter().any(|f| f != "startFrom");
+            if !mode.repair || in_place.is_empty() || unfixable {
                 let all = in_place.into_iter().chain(fixed).collect();
                 return Ok(SyncOutcome::Drifted(state(&info), all));
             }
@@ -279,6 +288,7 @@ mod tests {
             backoff: Vec::new(),
             max_ack_pending: 1000,
             start: StartFrom::All,
+            dead_letter: false,
             replicas: 1,
             owner: "EventSubscription shop/payment".into(),
         }

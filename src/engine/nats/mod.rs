@@ -80,8 +80,9 @@ impl BrokerConnection for Connection {
         Box::pin(Connection::delete_consumer(self, target))
     }
 
-    fn unsupported_consumer(&self, _spec: &ConsumerSpec) -> Vec<String> {
-        // A durable pull consumer has every delivery setting of the model.
-        Vec::new()
+    fn unsupported_consumer(&self, spec: &ConsumerSpec) -> Vec<String> {
+        // A durable pull consumer has every delivery setting of the model; dead letters are
+        // Conveyor's own to build.
+        super::consumers::dead_letters_unsupported(spec)
     }
 }

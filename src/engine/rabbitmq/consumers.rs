@@ -50,9 +50,10 @@ pub fn delivery_policy(spec: &ConsumerSpec) -> Policy {
 
 /// What RabbitMQ cannot honour of a consumer spec, each naming the field.
 pub fn unsupported(spec: &ConsumerSpec) -> Vec<String> {
-    let mut out = vec![
+    let mut out = crate::engine::consumers::dead_letters_unsupported(spec);
+    out.extend([
         "spec.delivery.ackWait: RabbitMQ 3.10 has no acknowledgement timeout per queue; the broker-wide consumer_timeout applies".to_string(),
-    ];
+    ]);
     if !spec.backoff.is_empty() {
         out.push(
             "spec.delivery.backoff: RabbitMQ redelivers a returned message at once".to_string(),
@@ -217,6 +218,7 @@ mod tests {
             backoff: Vec::new(),
             max_ack_pending: 1000,
             start: StartFrom::New,
+            dead_letter: false,
             replicas: 3,
             owner: "EventSubscription shop/payment".into(),
         }
