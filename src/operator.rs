@@ -52,6 +52,10 @@ pub enum RunError {
 /// lost, before the process exits regardless.
 const DRAIN_AFTER_LOSS: Duration = Duration::from_secs(5);
 
+/// How long running reconciles may take to finish after SIGTERM, well within a pod's default
+/// 30 s grace period.
+const DRAIN_ON_SHUTDOWN: Duration = Duration::from_secs(10);
+
 /// Cancels `token` on SIGTERM or SIGINT.
 fn on_signal(token: CancellationToken) {
     tokio::spawn(async move {
@@ -133,15 +137,23 @@ pub async fn run(kube_config: kube::Config, cfg: RunConfig) -> Result<(), RunErr
         readiness.clone(),
     ));
 
+    // On SIGTERM running reconciles may finish, for a bounded time: one waiting on a slow
+    // broker request must not hold the process past its pod's grace period.
+    let drained = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(DRAIN_ON_SHUTDOWN).await;
+        tracing::warn!("reconciles still running after the shutdown began; exiting anyway");
+    };
     let lost = match leadership.as_mut() {
         Some(l) => tokio::select! {
             _ = &mut controllers => false,
             _ = l.lost() => true,
+            _ = drained => false,
         },
-        None => {
-            let _ = (&mut controllers).await;
-            false
-        }
+        None => tokio::select! {
+            _ = &mut controllers => false,
+            _ = drained => false,
+        },
     };
     metrics.leader.set(0);
     janitor.abort();

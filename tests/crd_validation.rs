@@ -31,7 +31,10 @@ async fn ensure_crds(plane: &common::Plane) {
 
 #[path = "crd_validation/cases.rs"]
 mod cases;
+#[path = "crd_validation/updates.rs"]
+mod updates;
 use cases::*;
+use updates::*;
 
 /// The `.message("...")` of every CEL rule under `src/api/`.
 fn cel_messages() -> Vec<String> {
