@@ -71,17 +71,6 @@ pub struct ConsumerTarget {
     pub owner: String,
 }
 
-impl From<&ConsumerSpec> for ConsumerTarget {
-    fn from(spec: &ConsumerSpec) -> Self {
-        Self {
-            source_kind: spec.source_kind,
-            source: spec.source.clone(),
-            name: spec.name.clone(),
-            owner: spec.owner.clone(),
-        }
-    }
-}
-
 /// The message for a dead-letter request that this build cannot honour yet, on any engine.
 pub fn dead_letters_unsupported(spec: &ConsumerSpec) -> Vec<String> {
     if spec.dead_letter {

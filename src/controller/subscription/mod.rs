@@ -423,37 +423,31 @@ async fn source_of(obj: &EventSubscription, client: &Client) -> Result<Option<So
 /// Finds the source and the workload, and checks the filter against the Topic.
 async fn resolve(obj: &EventSubscription, client: &Client) -> Result<Resolved<Source>> {
     let ns = obj.namespace().unwrap_or_default();
-    let source = if let Some(t) = &obj.spec.topic_ref {
-        match Api::<Topic>::namespaced(client.clone(), &ns)
-            .get_opt(&t.name)
-            .await?
-        {
-            None => {
-                return Ok(Err(refs::missing(
-                    Reason::TopicNotFound,
-                    format!("Topic {ns}/{} does not exist", t.name),
-                )));
-            }
-            Some(topic) => Source::Topic(topic),
+    let missing = |reason, message| Ok(Err(refs::missing(reason, message)));
+    let source = match (
+        source_of(obj, client).await?,
+        &obj.spec.topic_ref,
+        &obj.spec.queue_ref,
+    ) {
+        (Some(s), _, _) => s,
+        (None, Some(t), _) => {
+            return missing(
+                Reason::TopicNotFound,
+                format!("Topic {ns}/{} does not exist", t.name),
+            );
         }
-    } else if let Some(q) = &obj.spec.queue_ref {
-        match Api::<Queue>::namespaced(client.clone(), &ns)
-            .get_opt(&q.name)
-            .await?
-        {
-            None => {
-                return Ok(Err(refs::missing(
-                    Reason::QueueNotFound,
-                    format!("Queue {ns}/{} does not exist", q.name),
-                )));
-            }
-            Some(queue) => Source::Queue(queue),
+        (None, None, Some(q)) => {
+            return missing(
+                Reason::QueueNotFound,
+                format!("Queue {ns}/{} does not exist", q.name),
+            );
         }
-    } else {
-        return Ok(Err(refs::missing(
-            Reason::ResolutionFailed,
-            "neither spec.topicRef nor spec.queueRef is set".into(),
-        )));
+        (None, None, None) => {
+            return missing(
+                Reason::ResolutionFailed,
+                "neither spec.topicRef nor spec.queueRef is set".into(),
+            );
+        }
     };
     if let (Source::Topic(topic), Some(filter)) = (&source, &obj.spec.filter)
         && let Some(c) = unknown_event_types(topic, &filter.event_types)
