@@ -7,14 +7,19 @@ mod common;
 
 use common::broker::EngineKind;
 use common::streams::{Env, T, create_orders_topic, patch_spec, wait_gone};
-use common::{wait_condition, wait_for};
+use common::{TestNamespace, condition, wait_condition, wait_for};
 use conveyor::api::EventSubscription;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
 
 /// A Deployment of the user's own with no replicas, for `consumer.workloadRef`.
 async fn workload(env: &Env, name: &str) {
+    workload_in(env, &env.ns.name, name).await;
+}
+
+async fn workload_in(env: &Env, ns: &str, name: &str) {
     let d: Deployment = serde_json::from_value(json!({
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
         "spec": {
@@ -27,7 +32,7 @@ async fn workload(env: &Env, name: &str) {
         }
     }))
     .unwrap();
-    Api::<Deployment>::namespaced(env.plane.client.clone(), &env.ns.name)
+    Api::<Deployment>::namespaced(env.plane.client.clone(), ns)
         .create(&PostParams::default(), &d)
         .await
         .unwrap();
@@ -343,3 +348,72 @@ async fn a_template_subscription_gets_a_deployment_and_a_secret_that_work(engine
     .await;
 }
 on_both_engines!(a_template_subscription_gets_a_deployment_and_a_secret_that_work);
+
+async fn a_topic_in_another_namespace_admits_only_the_namespaces_it_lists(engine: EngineKind) {
+    let test = format!("sub-xns-{}", engine.name());
+    let (plane, ns) = setup!(&test);
+    // The subscriber's namespace, watched by the same operator.
+    let other = TestNamespace::create(&plane, &format!("{test}-b")).await;
+    let extra = ["--namespaces", other.name.as_str()];
+    let Some(env) = Env::start(engine, &test, plane, ns, &extra).await else {
+        return;
+    };
+    create_orders_topic(&env, &["OrderPlaced"]).await;
+    wait_condition(&env.topics, "orders", "Ready", "True", T).await;
+    workload_in(&env, &other.name, "billing").await;
+    let subs: Api<EventSubscription> = Api::namespaced(env.plane.client.clone(), &other.name);
+    create_subscription(
+        &subs,
+        "billing",
+        json!({
+            "topicRef": {"name": "orders", "namespace": env.ns.name},
+            "consumer": {"workloadRef": {"name": "billing"}}
+        }),
+    )
+    .await;
+    let topic = env.name_in_broker("topic", "orders");
+    let consumer = format!("sub_{}_billing", other.name.replace('.', "_"));
+    let secrets: Api<Secret> = Api::namespaced(env.plane.client.clone(), &other.name);
+
+    // Not listed: refused, and nothing is made for it.
+    let (reason, message) = wait_condition(&subs, "billing", "ResolvedRefs", "False", T).await;
+    assert_eq!(reason, "RefNotPermitted", "{message}");
+    assert!(
+        message.contains("spec.allowedNamespaces") && message.contains(&other.name),
+        "{message}"
+    );
+    let (ready, _, _) = condition(&subs, "billing", "Ready").await.unwrap();
+    assert_eq!(ready, "False");
+    assert!(!env.broker.consumer_exists(&topic, &consumer).await);
+    assert!(secrets.get_opt("billing-consumer").await.unwrap().is_none());
+
+    // Listed: the subscription gets its consumer and its events.
+    patch_spec(
+        &env.topics,
+        "orders",
+        json!({"allowedNamespaces": [other.name]}),
+    )
+    .await;
+    wait_condition(&subs, "billing", "Ready", "True", T).await;
+    let status = subs.get("billing").await.unwrap().status.unwrap();
+    assert_eq!(
+        status.source.as_deref(),
+        Some(format!("topic/{}/orders", env.ns.name).as_str())
+    );
+    assert_eq!(status.consumer_name.as_deref(), Some(consumer.as_str()));
+    assert!(secrets.get_opt("billing-consumer").await.unwrap().is_some());
+    env.broker.publish_events(&topic, "OrderPlaced", 10).await;
+    let got = env.broker.drain_consumer(&topic, &consumer).await;
+    assert_eq!(got.len(), 10);
+
+    // Unlisted again: refused again. Deleting the subscription still removes its consumer.
+    patch_spec(&env.topics, "orders", json!({"allowedNamespaces": null})).await;
+    let (reason, _) = wait_condition(&subs, "billing", "ResolvedRefs", "False", T).await;
+    assert_eq!(reason, "RefNotPermitted");
+    subs.delete("billing", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone(&subs, "billing").await;
+    assert!(!env.broker.consumer_exists(&topic, &consumer).await);
+}
+on_both_engines!(a_topic_in_another_namespace_admits_only_the_namespaces_it_lists);

@@ -33,9 +33,21 @@ pub struct BrokerReference {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SourceReference {
-    /// Name of the Topic or Queue, in the namespace of the EventSubscription.
+    /// Name of the Topic or Queue.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
+    /// Namespace of the Topic or Queue. Defaults to the EventSubscription's own. A Topic or
+    /// Queue in another namespace must list the subscription's namespace in its
+    /// `spec.allowedNamespaces`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
+}
+
+/// Whether a resource in `own_ns` whose `spec.allowedNamespaces` is `allowed` may be used from
+/// namespace `from_ns`: always from its own namespace, from others when listed (`*`: all).
+pub fn namespace_allowed(allowed: &[String], own_ns: &str, from_ns: &str) -> bool {
+    from_ns == own_ns || allowed.iter().any(|a| a == "*" || a == from_ns)
 }
 
 /// A reference to a Secret in the namespace of the referring resource.

@@ -63,6 +63,11 @@ pub struct QueueSpec {
     #[schemars(regex(pattern = NAME_IN_BROKER_PATTERN))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.nameInBroker is immutable"))]
     pub name_in_broker: Option<String>,
+    /// Namespaces, besides the Queue's own, whose EventSubscriptions may consume it. `*` allows
+    /// every namespace. Empty (the default): only the Queue's own namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 63)))]
+    pub allowed_namespaces: Vec<String>,
     /// Retention, replicas, storage, duplicate detection and deletion of the queue.
     #[serde(flatten)]
     pub stream: StreamSettings,

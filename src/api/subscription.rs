@@ -26,7 +26,26 @@ use super::topic::EVENT_TYPE_PATTERN;
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
     printcolumn(name = "Backlog", type_ = "integer", json_path = ".status.backlog"),
+    printcolumn(name = "Workload", type_ = "string", json_path = ".status.workload"),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas"),
+    printcolumn(
+        name = "Consumer",
+        type_ = "string",
+        priority = 1,
+        json_path = ".status.consumerName"
+    ),
+    printcolumn(
+        name = "Pending",
+        type_ = "integer",
+        priority = 1,
+        json_path = ".status.pending"
+    ),
+    printcolumn(
+        name = "In Flight",
+        type_ = "integer",
+        priority = 1,
+        json_path = ".status.inFlight"
+    ),
     printcolumn(
         name = "Reason",
         type_ = "string",
@@ -281,7 +300,8 @@ pub struct EventSubscriptionStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Conditions,
-    /// What the subscription consumes, as `topic/<name>` or `queue/<name>`.
+    /// What the subscription consumes, as `topic/<name>` or `queue/<name>`, with the namespace
+    /// (`topic/<namespace>/<name>`) when it is not the subscription's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     /// Name of the durable consumer inside the broker (on RabbitMQ and a Topic, the name of the
@@ -304,6 +324,9 @@ pub struct EventSubscriptionStatus {
     /// `pending + inFlight`: the work not yet done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backlog: Option<i64>,
+    /// The consumer workload, as `deployment/<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
     /// Replicas of the consumer workload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i32>,

@@ -73,6 +73,11 @@ pub struct TopicSpec {
     #[schemars(length(max = 128))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub event_types: Vec<EventType>,
+    /// Namespaces, besides the Topic's own, whose EventSubscriptions may consume it. `*` allows
+    /// every namespace. Empty (the default): only the Topic's own namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 63)))]
+    pub allowed_namespaces: Vec<String>,
     /// Retention, replicas, storage, duplicate detection and deletion of the topic.
     #[serde(flatten)]
     pub stream: StreamSettings,

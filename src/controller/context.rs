@@ -59,6 +59,18 @@ pub fn scopes(namespaces: &[String]) -> Vec<Option<String>> {
     }
 }
 
+/// A Topic (`topic: true`) or Queue that changed, by namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceChange {
+    pub topic: bool,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// Source changes a slow subscription controller may lag behind; beyond that it misses them
+/// until its next resync.
+const SOURCE_CHANGES: usize = 1024;
+
 /// Shared state of the reconcilers.
 pub struct Context {
     pub client: Client,
@@ -73,6 +85,9 @@ pub struct Context {
     pub listings: Listings,
     /// How the deletions of Brokers waiting for their users progress.
     pub broker_deletions: Progress,
+    /// Topics and Queues whose spec, readiness or name in the broker changed, as each
+    /// namespace's subscription controller sees them: for subscriptions in other namespaces.
+    pub source_changes: tokio::sync::broadcast::Sender<SourceChange>,
     backoff: Mutex<HashMap<String, u32>>,
 }
 
@@ -88,6 +103,7 @@ impl Context {
             broker_cache,
             listings: Listings::default(),
             broker_deletions: Progress::default(),
+            source_changes: tokio::sync::broadcast::channel(SOURCE_CHANGES).0,
             client,
             config,
             metrics,

@@ -34,12 +34,7 @@ pub fn broker_key<'a>(from_ns: &'a str, r: &'a BrokerReference) -> (&'a str, &'a
 
 /// Whether `broker` may be used by resources in namespace `ns`.
 pub fn broker_allows(broker: &Broker, broker_ns: &str, ns: &str) -> bool {
-    ns == broker_ns
-        || broker
-            .spec
-            .allowed_namespaces
-            .iter()
-            .any(|a| a == "*" || a == ns)
+    crate::api::common::namespace_allowed(&broker.spec.allowed_namespaces, broker_ns, ns)
 }
 
 /// Looks up the Broker that a resource in `from_ns` refers to: in the Broker cache, or when it

@@ -19,7 +19,6 @@ use crate::engine::{ConsumerTarget, Deletion, DestinationKind};
 use super::consumer::{consumer_name, owner};
 use crate::api::common::BrokerReference;
 use crate::controller::refs;
-use kube::ResourceExt;
 
 const LEFT: &str = "ConsumerLeftInBroker";
 
@@ -43,7 +42,7 @@ async fn placement(
     Ok(super::source_of(obj, &ctx.client).await?.map(|source| {
         (
             consumer_name(obj),
-            source.broker_ref().clone(),
+            source.broker_ref(),
             source.name_in_broker(),
         )
     }))
@@ -54,7 +53,9 @@ pub async fn delete_consumer(obj: Arc<EventSubscription>, ctx: Arc<Context>) -> 
         // Neither recorded nor findable: no consumer can have been made for it.
         return Ok(Action::await_change());
     };
-    let ns = obj.namespace().unwrap_or_default();
+    // Placements name the Broker's namespace; its allow-list does not stand in the way of
+    // removing what was made.
+    let ns = broker_ref.namespace.clone().unwrap_or_default();
     let broker = match refs::broker(&ctx, &ns, &broker_ref).await? {
         Ok(b) => b,
         Err(missing) => {

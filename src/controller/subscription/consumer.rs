@@ -35,10 +35,31 @@ impl Source {
         status.map(|s| &s.conditions[..]).unwrap_or_default()
     }
 
-    pub fn broker_ref(&self) -> &crate::api::common::BrokerReference {
+    pub fn namespace(&self) -> String {
         match self {
+            Self::Topic(t) => t.namespace(),
+            Self::Queue(q) => q.namespace(),
+        }
+        .unwrap_or_default()
+    }
+
+    /// The namespaces, besides its own, whose subscriptions may consume it.
+    pub fn allowed_namespaces(&self) -> &[String] {
+        match self {
+            Self::Topic(t) => &t.spec.allowed_namespaces,
+            Self::Queue(q) => &q.spec.allowed_namespaces,
+        }
+    }
+
+    /// The source's Broker, with its namespace spelled out.
+    pub fn broker_ref(&self) -> crate::api::common::BrokerReference {
+        let r = match self {
             Self::Topic(t) => t.broker_ref(),
             Self::Queue(q) => q.broker_ref(),
+        };
+        crate::api::common::BrokerReference {
+            name: r.name.clone(),
+            namespace: Some(r.namespace.clone().unwrap_or_else(|| self.namespace())),
         }
     }
 
@@ -140,6 +161,7 @@ mod tests {
             EventSubscriptionSpec {
                 topic_ref: Some(SourceReference {
                     name: "orders".into(),
+                    namespace: None,
                 }),
                 queue_ref: None,
                 filter: filter.map(|f| EventFilter {
@@ -174,6 +196,7 @@ mod tests {
                 broker_ref: broker(),
                 name_in_broker: None,
                 event_types: Vec::new(),
+                allowed_namespaces: Vec::new(),
                 stream: Default::default(),
             },
         );
@@ -210,6 +233,7 @@ mod tests {
             QueueSpec {
                 broker_ref: broker(),
                 name_in_broker: Some("jobs".into()),
+                allowed_namespaces: Vec::new(),
                 stream: Default::default(),
             },
         );

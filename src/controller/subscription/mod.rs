@@ -9,6 +9,7 @@ mod workload;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
@@ -18,14 +19,16 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
+use tokio::sync::broadcast::error::RecvError;
 
 use super::changes::changed_objects;
-use super::context::Context;
+use super::context::{Context, SourceChange};
 use super::driver::{Reconcile, dependents, lean, publish, scoped_api};
 use super::error::{Error, Result};
 use super::refs::{self, Resolved};
 use super::status::{api_for, apply_status};
 use super::stream::{Link, StreamKind, link};
+use crate::api::common::namespace_allowed;
 use crate::api::conditions::{self, ConditionType, Desired, Reason, merge};
 use crate::api::{EventSubscription, EventSubscriptionStatus, Queue, Topic};
 use crate::engine::{ConsumerState, SyncMode, SyncOutcome, digest};
@@ -38,13 +41,27 @@ pub const CONSUMER_FINALIZER: &str = "conveyor.dev/consumer";
 const MISSING_REF_RETRY: Duration = Duration::from_secs(30);
 const RETRY: Duration = Duration::from_secs(10);
 
-/// `topic/<name>` or `queue/<name>`: what the subscription consumes, for status and printing.
+/// `topic/<name>` or `queue/<name>` (`topic/<namespace>/<name>` from another namespace): what
+/// the subscription consumes, for status and printing.
 pub fn source_label(sub: &EventSubscription) -> Option<String> {
-    match (&sub.spec.topic_ref, &sub.spec.queue_ref) {
-        (Some(t), _) => Some(format!("topic/{}", t.name)),
-        (_, Some(q)) => Some(format!("queue/{}", q.name)),
-        _ => None,
-    }
+    let (topic, ns, name) = source_ref(sub)?;
+    let kind = if topic { "topic" } else { "queue" };
+    Some(if Some(&ns) == sub.namespace().as_ref() {
+        format!("{kind}/{name}")
+    } else {
+        format!("{kind}/{ns}/{name}")
+    })
+}
+
+/// `deployment/<name>`: the consumer workload, for status and printing.
+fn workload_label(sub: &EventSubscription) -> Option<String> {
+    let c = &sub.spec.consumer;
+    let name = match (&c.template, &c.workload_ref) {
+        (Some(_), _) => sub.name_any(),
+        (None, Some(w)) => w.name.clone(),
+        (None, None) => return None,
+    };
+    Some(format!("deployment/{name}"))
 }
 
 /// What one pass decided, before it becomes status.
@@ -106,24 +123,46 @@ impl Reconcile for EventSubscription {
     ) -> Controller<DeserializeGuard<Self>> {
         let (topics, queues): (Api<Topic>, Api<Queue>) =
             (scoped_api(&ctx.client, ns), scoped_api(&ctx.client, ns));
-        let (s1, s2) = (controller.store(), controller.store());
+        let (s1, s2, s3) = (controller.store(), controller.store(), controller.store());
         // A source's depth changing in its status re-runs nothing: only its spec, its readiness
-        // and its name in the broker concern its subscriptions (and its deletion).
+        // and its name in the broker concern its subscriptions (and its deletion). Each change
+        // is also told to the other namespaces' controllers, whose subscriptions may use it.
         let config = || watcher::Config::default().any_semantic();
+        let told = ctx.source_changes.clone();
+        let tell = move |topic: bool, namespace: Option<String>, name: String| {
+            let namespace = namespace.unwrap_or_default();
+            let _ = told.send(SourceChange {
+                topic,
+                namespace,
+                name,
+            });
+        };
+        let tell2 = tell.clone();
         let topics = changed_objects(
             watcher(topics, config())
                 .default_backoff()
                 .modify(|t| lean(&mut t.metadata)),
             true,
             |t: &Topic| (&t.metadata, source_digest(t)),
-        );
+        )
+        .inspect_ok(move |t| tell(true, t.namespace(), t.name_any()));
         let queues = changed_objects(
             watcher(queues, config())
                 .default_backoff()
                 .modify(|q| lean(&mut q.metadata)),
             true,
             |q: &Queue| (&q.metadata, source_digest(q)),
-        );
+        )
+        .inspect_ok(move |q| tell2(false, q.namespace(), q.name_any()));
+        // Sources in other namespaces, as their own namespace's controller saw them change.
+        let elsewhere = source_changes(ctx).flat_map(move |c| {
+            futures::stream::iter(dependents(&s3, |s: &EventSubscription| {
+                s.namespace().as_deref() != Some(c.namespace.as_str())
+                    && source_ref(s).is_some_and(|(t, ns, name)| {
+                        t == c.topic && ns == c.namespace && name == c.name
+                    })
+            }))
+        });
         // The Deployments and Secrets Conveyor made for subscriptions: a deleted or edited one
         // is put back. Metadata only, and only those labelled as a subscription's.
         let owned = || {
@@ -142,25 +181,33 @@ impl Reconcile for EventSubscription {
         controller
             .owns_stream(deployments)
             .owns_stream(secrets)
+            .reconcile_on(elsewhere)
             .watches_stream(topics, move |t: Topic| {
-                dependents(&s1, |s: &EventSubscription| {
-                    s.namespace() == t.namespace()
-                        && s.spec
-                            .topic_ref
-                            .as_ref()
-                            .is_some_and(|r| r.name == t.name_any())
-                })
+                dependents(&s1, |s: &EventSubscription| refers_to(s, true, &t))
             })
             .watches_stream(queues, move |q: Queue| {
-                dependents(&s2, |s: &EventSubscription| {
-                    s.namespace() == q.namespace()
-                        && s.spec
-                            .queue_ref
-                            .as_ref()
-                            .is_some_and(|r| r.name == q.name_any())
-                })
+                dependents(&s2, |s: &EventSubscription| refers_to(s, false, &q))
             })
     }
+}
+
+/// The changes of sources told by every namespace's controller; a lagging reader skips what it
+/// missed (its subscriptions catch up at their resync).
+fn source_changes(ctx: &Context) -> impl futures::Stream<Item = SourceChange> + Send + 'static {
+    futures::stream::unfold(ctx.source_changes.subscribe(), |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(c) => return Some((c, rx)),
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(
+                        missed = n,
+                        "subscription triggers lagged behind source changes"
+                    );
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    })
 }
 
 /// What of a Topic or Queue its subscriptions depend on: its spec (generation), whether it is
@@ -177,7 +224,7 @@ fn source_digest<K: StreamKind>(obj: &K) -> u64 {
 /// Resolve -> check the source -> connect -> build -> sync, as conditions and the consumer's
 /// state.
 async fn sync(obj: &EventSubscription, ctx: &Context) -> Result<Pass> {
-    let source = match resolve(obj, &ctx.client).await? {
+    let source = match resolve(obj, ctx).await? {
         Ok(s) => s,
         Err(missing) => {
             let ready = missing.as_not_ready();
@@ -195,8 +242,7 @@ async fn sync(obj: &EventSubscription, ctx: &Context) -> Result<Pass> {
     if let Some(not_ready) = source_not_ready(&source) {
         return Ok(Pass::blocked(refs::resolved(), not_ready, RETRY));
     }
-    let ns = obj.namespace().unwrap_or_default();
-    let broker = match refs::broker(ctx, &ns, source.broker_ref()).await? {
+    let broker = match refs::broker(ctx, &source.namespace(), &source.broker_ref()).await? {
         Ok(b) => b,
         Err(missing) => return Ok(Pass::blocked(refs::resolved(), missing, MISSING_REF_RETRY)),
     };
@@ -398,57 +444,87 @@ async fn write_status(obj: &EventSubscription, ctx: &Context, pass: &Pass) -> Re
         pending: figure(|s| s.pending, prev.pending),
         in_flight: figure(|s| s.in_flight, prev.in_flight),
         backlog: figure(|s| s.backlog(), prev.backlog),
+        workload: workload_label(obj),
         replicas: pass.replicas.or(prev.replicas),
     };
     apply_status(&api_for(&ctx.client, obj), obj, old, &new).await?;
     Ok(())
 }
 
-/// The Topic or Queue the spec names, if it exists.
-async fn source_of(obj: &EventSubscription, client: &Client) -> Result<Option<Source>> {
-    let ns = obj.namespace().unwrap_or_default();
-    Ok(match (&obj.spec.topic_ref, &obj.spec.queue_ref) {
-        (Some(t), _) => Api::<Topic>::namespaced(client.clone(), &ns)
-            .get_opt(&t.name)
-            .await?
-            .map(Source::Topic),
-        (_, Some(q)) => Api::<Queue>::namespaced(client.clone(), &ns)
-            .get_opt(&q.name)
-            .await?
-            .map(Source::Queue),
+/// Whether the spec names a Topic (else a Queue), and its namespace and name.
+fn source_ref(obj: &EventSubscription) -> Option<(bool, String, &str)> {
+    let own = || obj.namespace().unwrap_or_default();
+    match (&obj.spec.topic_ref, &obj.spec.queue_ref) {
+        (Some(r), _) => Some((true, r.namespace.clone().unwrap_or_else(own), &r.name)),
+        (_, Some(r)) => Some((false, r.namespace.clone().unwrap_or_else(own), &r.name)),
         _ => None,
+    }
+}
+
+/// Whether the subscription names the Topic (`topic`) or Queue `src`.
+fn refers_to(s: &EventSubscription, topic: bool, src: &impl ResourceExt) -> bool {
+    source_ref(s).is_some_and(|(t, ns, name)| {
+        t == topic && Some(ns) == src.namespace() && name == src.name_any()
     })
 }
 
-/// Finds the source and the workload, and checks the filter against the Topic.
-async fn resolve(obj: &EventSubscription, client: &Client) -> Result<Resolved<Source>> {
+/// The Topic or Queue the spec names, if it exists.
+async fn source_of(obj: &EventSubscription, client: &Client) -> Result<Option<Source>> {
+    Ok(match source_ref(obj) {
+        Some((true, ns, name)) => Api::<Topic>::namespaced(client.clone(), &ns)
+            .get_opt(name)
+            .await?
+            .map(Source::Topic),
+        Some((false, ns, name)) => Api::<Queue>::namespaced(client.clone(), &ns)
+            .get_opt(name)
+            .await?
+            .map(Source::Queue),
+        None => None,
+    })
+}
+
+/// Finds the source and the workload, checks that the source admits the subscription's
+/// namespace, and checks the filter against the Topic.
+async fn resolve(obj: &EventSubscription, ctx: &Context) -> Result<Resolved<Source>> {
+    let client = &ctx.client;
     let ns = obj.namespace().unwrap_or_default();
     let missing = |reason, message| Ok(Err(refs::missing(reason, message)));
-    let source = match (
-        source_of(obj, client).await?,
-        &obj.spec.topic_ref,
-        &obj.spec.queue_ref,
-    ) {
-        (Some(s), _, _) => s,
-        (None, Some(t), _) => {
-            return missing(
-                Reason::TopicNotFound,
-                format!("Topic {ns}/{} does not exist", t.name),
-            );
-        }
-        (None, None, Some(q)) => {
-            return missing(
-                Reason::QueueNotFound,
-                format!("Queue {ns}/{} does not exist", q.name),
-            );
-        }
-        (None, None, None) => {
-            return missing(
-                Reason::ResolutionFailed,
-                "neither spec.topicRef nor spec.queueRef is set".into(),
-            );
+    let Some((topic, src_ns, src_name)) = source_ref(obj) else {
+        return missing(
+            Reason::ResolutionFailed,
+            "neither spec.topicRef nor spec.queueRef is set".into(),
+        );
+    };
+    let kind = if topic { "Topic" } else { "Queue" };
+    let watched = &ctx.config.namespaces;
+    if !watched.is_empty() && !watched.contains(&src_ns) {
+        return missing(
+            Reason::RefNotPermitted,
+            format!(
+                "{kind} {src_ns}/{src_name} is in a namespace this operator does not watch ({})",
+                watched.join(", ")
+            ),
+        );
+    }
+    let source = match source_of(obj, client).await? {
+        Some(s) => s,
+        None => {
+            let reason = if topic {
+                Reason::TopicNotFound
+            } else {
+                Reason::QueueNotFound
+            };
+            return missing(reason, format!("{kind} {src_ns}/{src_name} does not exist"));
         }
     };
+    if !namespace_allowed(source.allowed_namespaces(), &src_ns, &ns) {
+        return missing(
+            Reason::RefNotPermitted,
+            format!(
+                "{kind} {src_ns}/{src_name} does not allow subscriptions from namespace {ns}: add {ns} to its spec.allowedNamespaces"
+            ),
+        );
+    }
     if let (Source::Topic(topic), Some(filter)) = (&source, &obj.spec.filter)
         && let Some(c) = unknown_event_types(topic, &filter.event_types)
     {
@@ -508,6 +584,7 @@ mod tests {
                         schema: None,
                     })
                     .collect(),
+                allowed_namespaces: Vec::new(),
                 stream: Default::default(),
             },
         )
