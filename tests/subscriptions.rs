@@ -248,7 +248,6 @@ async fn a_subscription_deleted_after_its_topic_still_deletes_its_consumer(engin
 on_both_engines!(a_subscription_deleted_after_its_topic_still_deletes_its_consumer);
 
 async fn a_template_subscription_gets_a_deployment_and_a_secret_that_work(engine: EngineKind) {
-    use k8s_openapi::api::core::v1::Secret;
     let env = stream_env!(engine, "sub-template");
     create_orders_topic(&env, &["OrderPlaced"]).await;
     wait_condition(&env.topics, "orders", "Ready", "True", T).await;
@@ -313,6 +312,17 @@ async fn a_template_subscription_gets_a_deployment_and_a_secret_that_work(engine
         m.ack().await.unwrap();
     } else {
         assert_eq!(value("CONVEYOR_VIRTUAL_HOST"), env.broker.vhost().unwrap());
+        // A real AMQP client with nothing but the Secret's settings receives an event.
+        env.broker.publish_events(&topic, "OrderPlaced", 1).await;
+        let settings = common::amqp::values(&secrets.get("payment-consumer").await.unwrap());
+        let conn = common::amqp::connect(&settings).await.unwrap();
+        let got = wait_for("an event for the Secret's user", T, || async {
+            common::amqp::take_one(&conn, &value("CONVEYOR_CONSUMER"))
+                .await
+                .unwrap()
+        })
+        .await;
+        assert_eq!(got, "OrderPlaced");
     }
 
     // The replica count belongs to whoever scales: a later reconcile leaves it.
@@ -417,3 +427,102 @@ async fn a_topic_in_another_namespace_admits_only_the_namespaces_it_lists(engine
     assert!(!env.broker.consumer_exists(&topic, &consumer).await);
 }
 on_both_engines!(a_topic_in_another_namespace_admits_only_the_namespaces_it_lists);
+
+async fn each_subscription_consumes_with_an_identity_of_its_own(engine: EngineKind) {
+    use common::amqp;
+    let env = stream_env!(engine, "sub-identity");
+    create_orders_topic(&env, &["OrderPlaced"]).await;
+    wait_condition(&env.topics, "orders", "Ready", "True", T).await;
+    let subs: Api<EventSubscription> = Api::namespaced(env.plane.client.clone(), &env.ns.name);
+    for name in ["payment", "shipping"] {
+        workload(&env, name).await;
+        create_subscription(
+            &subs,
+            name,
+            json!({"topicRef": {"name": "orders"}, "consumer": {"workloadRef": {"name": name}}}),
+        )
+        .await;
+    }
+    for name in ["payment", "shipping"] {
+        wait_condition(&subs, name, "Ready", "True", T).await;
+    }
+    let secrets: Api<Secret> = Api::namespaced(env.plane.client.clone(), &env.ns.name);
+    let settings = amqp::values(&secrets.get("payment-consumer").await.unwrap());
+    if engine == EngineKind::Nats {
+        // No NATS identities yet: the condition and the Secret say so.
+        let (reason, message) = wait_condition(&subs, "payment", "Isolated", "False", T).await;
+        assert_eq!(reason, "IdentityUnavailable");
+        assert!(message.contains("credentials of its own"), "{message}");
+        assert!(!settings.contains_key("CONVEYOR_USERNAME"), "{settings:?}");
+        return;
+    }
+    let (reason, message) = wait_condition(&subs, "payment", "Isolated", "True", T).await;
+    assert_eq!(reason, "OwnIdentity", "{message}");
+    let topic = env.name_in_broker("topic", "orders");
+    let own = env.name_in_broker("sub", "payment");
+    let other = env.name_in_broker("sub", "shipping");
+    let shipping = amqp::values(&secrets.get("shipping-consumer").await.unwrap());
+    assert_ne!(settings["CONVEYOR_USERNAME"], shipping["CONVEYOR_USERNAME"]);
+    assert_ne!(settings["CONVEYOR_PASSWORD"], shipping["CONVEYOR_PASSWORD"]);
+
+    // Its own queue: consumed and acknowledged with nothing but the Secret.
+    env.broker.publish_events(&topic, "OrderPlaced", 2).await;
+    let conn = amqp::connect(&settings).await.unwrap();
+    let got = wait_for("an event on the subscription's own queue", T, || async {
+        amqp::take_one(&conn, &own).await.unwrap()
+    })
+    .await;
+    assert_eq!(got, "OrderPlaced");
+    // Not another subscription's queue, not publishing to the Topic, not the management API.
+    let refused = amqp::take_one(&conn, &other).await;
+    assert!(
+        format!("{refused:?}").contains("ACCESS_REFUSED"),
+        "{refused:?}"
+    );
+    let refused = amqp::publish(&conn, &topic, "OrderPlaced").await;
+    assert!(
+        format!("{refused:?}").contains("ACCESS_REFUSED"),
+        "{refused:?}"
+    );
+    let Some(vhost) = env.broker.vhost() else {
+        unreachable!()
+    };
+    let plane = common::broker::RabbitPlane::from_env().unwrap();
+    let management = conveyor::engine::rabbitmq::management::ManagementClient::new(
+        &plane.management_url,
+        &settings["CONVEYOR_USERNAME"],
+        &settings["CONVEYOR_PASSWORD"],
+        None,
+    )
+    .unwrap();
+    let refused = management.queues(vhost).await;
+    assert!(
+        matches!(
+            refused,
+            Err(conveyor::engine::rabbitmq::management::ManagementError::Unauthorized(_))
+        ),
+        "{refused:?}"
+    );
+
+    // Deleted: the identity is revoked, its connection closed and its password refused.
+    subs.delete("payment", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone(&subs, "payment").await;
+    wait_for("the old connection to be closed", T, || async {
+        (!conn.status().connected()).then_some(())
+    })
+    .await;
+    let refused = amqp::connect(&settings).await;
+    assert!(
+        refused.is_err(),
+        "the deleted subscription's credentials still work"
+    );
+    // The other subscription is untouched.
+    let conn = amqp::connect(&shipping).await.unwrap();
+    assert_eq!(
+        amqp::take_one(&conn, &other).await.unwrap().as_deref(),
+        Some("OrderPlaced")
+    );
+}
+on_both_engines!(each_subscription_consumes_with_an_identity_of_its_own);

@@ -27,6 +27,9 @@ pub enum ConditionType {
     Supported,
     /// An EventSubscription's durable consumer is in the broker and matches the spec.
     ConsumerReady,
+    /// An EventSubscription has a broker identity of its own that may consume only from its
+    /// consumer; otherwise the message says what isolation there is.
+    Isolated,
 }
 
 impl ConditionType {
@@ -41,6 +44,7 @@ impl ConditionType {
             Self::Synced => "Synced",
             Self::Supported => "Supported",
             Self::ConsumerReady => "ConsumerReady",
+            Self::Isolated => "Isolated",
         }
     }
 }
@@ -122,6 +126,10 @@ pub enum Reason {
     AllSettingsSupported,
     /// The engine cannot honour a setting; the message names it.
     SettingNotSupported,
+    /// The subscription consumes with a broker identity of its own.
+    OwnIdentity,
+    /// The broker cannot give the subscription an identity of its own.
+    IdentityUnavailable,
 }
 
 impl Reason {
@@ -165,6 +173,8 @@ impl Reason {
             Self::Declared => "Declared",
             Self::AllSettingsSupported => "AllSettingsSupported",
             Self::SettingNotSupported => "SettingNotSupported",
+            Self::OwnIdentity => "OwnIdentity",
+            Self::IdentityUnavailable => "IdentityUnavailable",
         }
     }
 }

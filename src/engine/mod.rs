@@ -11,6 +11,7 @@
 
 pub mod consumers;
 pub mod destinations;
+pub mod identities;
 pub mod nats;
 pub mod rabbitmq;
 pub mod registry;
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 pub use crate::api::broker::Engine;
 pub use consumers::{ConsumerSpec, ConsumerState, ConsumerTarget, StartFrom};
+pub use identities::{Credentials, Issued};
 
 /// A future an engine returns; boxed so that connections can be held as trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -320,4 +322,23 @@ pub trait BrokerConnection: Send + Sync {
     /// The settings of a consumer spec this engine cannot honour, each naming the field and
     /// saying what happens instead. Pure.
     fn unsupported_consumer(&self, spec: &ConsumerSpec) -> Vec<String>;
+
+    /// The credentials the subscription's workload should connect with: `previous` (from its
+    /// Secret) while they are still this consumer's, else new ones; or why the broker cannot
+    /// give it an identity of its own. Pure: nothing is made in the broker yet.
+    fn issue_identity(&self, spec: &ConsumerSpec, previous: Option<&Credentials>) -> Issued;
+
+    /// Makes the broker accept `credentials` with exactly the consumer's rights (consume and
+    /// acknowledge on its own consumer). `Conflict` when an identity of that name is not
+    /// Conveyor's.
+    fn ensure_identity<'a>(
+        &'a self,
+        spec: &'a ConsumerSpec,
+        credentials: &'a Credentials,
+    ) -> BoxFuture<'a, Result<SyncOutcome<()>, EngineError>>;
+
+    /// Removes the identity of the consumer `consumer`: afterwards its credentials are
+    /// refused. False when there was none of Conveyor's.
+    fn revoke_identity<'a>(&'a self, consumer: &'a str)
+    -> BoxFuture<'a, Result<bool, EngineError>>;
 }

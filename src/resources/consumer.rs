@@ -33,6 +33,10 @@ pub mod keys {
     pub const MAX_ACK_PENDING: &str = "CONVEYOR_MAX_ACK_PENDING";
     /// `namespace/name` of the EventSubscription.
     pub const SUBSCRIPTION: &str = "CONVEYOR_SUBSCRIPTION";
+    /// RabbitMQ: the subscription's own user, which may only consume from `CONVEYOR_CONSUMER`.
+    pub const USERNAME: &str = "CONVEYOR_USERNAME";
+    /// RabbitMQ: that user's password.
+    pub const PASSWORD: &str = "CONVEYOR_PASSWORD";
 }
 
 /// The Secret of the subscription `name`: `<name>-consumer`.

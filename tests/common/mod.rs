@@ -7,6 +7,7 @@
 //! failure (the test command and CI set it).
 #![allow(dead_code)]
 
+pub mod amqp;
 pub mod broker;
 pub mod managed;
 pub mod nats;

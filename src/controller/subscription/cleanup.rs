@@ -73,6 +73,18 @@ pub async fn delete_consumer(obj: Arc<EventSubscription>, ctx: Arc<Context>) -> 
         }
         Link::Down(why) => return give_up_or_retry(&*obj, &ctx, &name, why.message, LEFT).await,
     };
+    // The identity goes first: from then on the old credentials are refused.
+    match conn.revoke_identity(&name).await {
+        Ok(true) => {
+            let note = format!("revoked the broker identity of consumer {name}");
+            publish(&ctx, &*obj, EventType::Normal, "IdentityRevoked", note).await;
+        }
+        Ok(false) => {}
+        Err(e) => {
+            let why = format!("revoking the identity of consumer {name}: {e}");
+            return give_up_or_retry(&*obj, &ctx, &name, why, LEFT).await;
+        }
+    }
     let source_kind = if obj.spec.queue_ref.is_some() {
         DestinationKind::Queue
     } else {

@@ -4,6 +4,7 @@
 
 mod cleanup;
 pub mod consumer;
+mod identity;
 mod workload;
 
 use std::sync::Arc;
@@ -300,8 +301,15 @@ async fn sync(obj: &EventSubscription, ctx: &Context) -> Result<Pass> {
     // is returned after the status (which records the consumer) is written.
     let mut conditions = vec![refs::resolved(), consumer, ready, supported];
     let (replicas, error) = match state {
-        Some(_) => match workload::apply_workload(obj, ctx, &broker, &wanted).await {
-            Ok(workload::Workload::Applied(replicas)) => (replicas, None),
+        Some(_) => match workload::apply_workload(obj, ctx, &broker, &*conn, &wanted).await {
+            Ok(workload::Workload::Applied(issued, replicas)) => {
+                let isolation = identity::ensure(obj, ctx, &*conn, &wanted, &issued).await;
+                conditions.push(isolation.condition);
+                if let Some(not_ready) = isolation.not_ready {
+                    conditions[2] = not_ready;
+                }
+                (replicas, isolation.error)
+            }
             Ok(workload::Workload::Conflict(why)) => {
                 conditions[2] = Desired::is_false(ConditionType::Ready, Reason::Conflict, why);
                 (None, None)

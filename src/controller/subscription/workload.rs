@@ -14,7 +14,7 @@ use crate::api::{Broker, EventSubscription};
 use crate::controller::apply::apply;
 use crate::controller::context::Context;
 use crate::controller::error::Result;
-use crate::engine::{ConsumerSpec, DestinationKind, digest};
+use crate::engine::{BrokerConnection, ConsumerSpec, Credentials, DestinationKind, Issued, digest};
 use crate::resources::consumer::{self, keys};
 
 /// The settings a consumer needs, under the Secret's documented keys.
@@ -22,6 +22,7 @@ pub fn settings(
     sub: &EventSubscription,
     broker: &Broker,
     spec: &ConsumerSpec,
+    credentials: Option<&Credentials>,
 ) -> BTreeMap<&'static str, String> {
     let engine = broker.spec.engine;
     let external = broker.spec.external.as_ref();
@@ -63,15 +64,43 @@ pub fn settings(
             .unwrap_or_else(|| "/".into());
         m.insert(keys::VIRTUAL_HOST, vhost);
     }
+    match credentials {
+        Some(Credentials::UserPassword { user, password }) => {
+            m.insert(keys::USERNAME, user.clone());
+            m.insert(keys::PASSWORD, password.clone());
+        }
+        None => {}
+    }
     m
+}
+
+/// The credentials held in the subscription's Secret, if any.
+fn previous_credentials(secret: &Secret) -> Option<Credentials> {
+    let data = secret.data.as_ref()?;
+    let value = |k: &str| {
+        data.get(k)
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+    };
+    Some(Credentials::UserPassword {
+        user: value(keys::USERNAME)?,
+        password: value(keys::PASSWORD)?,
+    })
 }
 
 /// What applying the workload came to.
 pub enum Workload {
-    /// In place; the workload's replicas when it exists.
-    Applied(Option<i32>),
+    /// In place, with the subscription's credentials (or why it has none) in its Secret; the
+    /// workload's replicas when it exists.
+    Applied(Issued, Option<i32>),
     /// An object of that name exists and is not this subscription's: left alone.
     Conflict(String),
+}
+
+/// Whether `sub` is the controlling owner of `obj`.
+fn controlled_by(obj: &impl Resource, sub: &EventSubscription) -> bool {
+    obj.owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == sub.metadata.uid.as_ref())
 }
 
 /// The annotation holding the digest of what Conveyor last applied to an object it owns: an
@@ -96,11 +125,7 @@ where
 {
     let wanted = digest(&serde_json::to_string(&obj).unwrap_or_default()).to_string();
     if let Some(existing) = existing {
-        let ours = existing
-            .owner_references()
-            .iter()
-            .any(|o| o.controller == Some(true) && Some(&o.uid) == sub.metadata.uid.as_ref());
-        if !ours {
+        if !controlled_by(&existing, sub) {
             return Ok(Err(format!(
                 "{} {ns}/{} exists and does not belong to this EventSubscription; Conveyor does not take it over",
                 K::kind(&()),
@@ -115,21 +140,33 @@ where
     Ok(Ok(apply(ctx, ns, &obj).await?))
 }
 
-/// Applies the Secret and, for a template, the Deployment, each only when it changed.
+/// Applies the Secret, with the credentials the broker issues (kept from the Secret while they
+/// stay valid), and for a template the Deployment, each only when it changed.
 pub async fn apply_workload(
     sub: &EventSubscription,
     ctx: &Context,
     broker: &Broker,
+    conn: &dyn BrokerConnection,
     spec: &ConsumerSpec,
 ) -> Result<Workload> {
     let ns = sub.namespace().unwrap_or_default();
     let name = sub.name_any();
     let Some(owner) = sub.controller_owner_ref(&()) else {
-        return Ok(Workload::Applied(None));
+        return Ok(Workload::Conflict("the subscription has no uid yet".into()));
     };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let secret = consumer::secret(&name, &ns, owner.clone(), &settings(sub, broker, spec));
     let existing = secrets.get_opt(&consumer::secret_name(&name)).await?;
+    let previous = existing
+        .as_ref()
+        .filter(|s| controlled_by(*s, sub))
+        .and_then(previous_credentials);
+    let issued = conn.issue_identity(spec, previous.as_ref());
+    let credentials = match &issued {
+        Issued::Credentials(c) => Some(c),
+        Issued::Unavailable(_) => None,
+    };
+    let settings = settings(sub, broker, spec, credentials);
+    let secret = consumer::secret(&name, &ns, owner.clone(), &settings);
     if let Err(why) = apply_owned(ctx, &ns, sub, secret, existing).await? {
         return Ok(Workload::Conflict(why));
     }
@@ -146,5 +183,8 @@ pub async fn apply_workload(
         (None, Some(w)) => deployments.get_opt(&w.name).await?,
         (None, None) => None,
     };
-    Ok(Workload::Applied(deployment.and_then(|d| d.spec.replicas)))
+    Ok(Workload::Applied(
+        issued,
+        deployment.and_then(|d| d.spec.replicas),
+    ))
 }

@@ -12,8 +12,8 @@ use connection::Connection;
 
 use super::{
     BoxFuture, BrokerConnection, BrokerInfo, ConsumerSpec, ConsumerState, ConsumerTarget,
-    DeleteWhen, Deletion, DestinationSpec, DestinationState, Engine, EngineError, Listed, SyncMode,
-    SyncOutcome, Target,
+    Credentials, DeleteWhen, Deletion, DestinationSpec, DestinationState, Engine, EngineError,
+    Issued, Listed, SyncMode, SyncOutcome, Target,
 };
 
 impl BrokerConnection for Connection {
@@ -85,4 +85,23 @@ impl BrokerConnection for Connection {
         // Conveyor's own to build.
         super::consumers::dead_letters_unsupported(spec)
     }
+
+    fn issue_identity(&self, _: &ConsumerSpec, _: Option<&Credentials>) -> Issued {
+        Issued::Unavailable(UNISOLATED.into())
+    }
+
+    fn ensure_identity<'a>(
+        &'a self,
+        _: &'a ConsumerSpec,
+        _: &'a Credentials,
+    ) -> BoxFuture<'a, Result<SyncOutcome<()>, EngineError>> {
+        Box::pin(async { Ok(SyncOutcome::Missing) })
+    }
+
+    fn revoke_identity<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<bool, EngineError>> {
+        Box::pin(async { Ok(false) })
+    }
 }
+
+/// What isolation a NATS subscription has while Conveyor issues no NATS identities.
+const UNISOLATED: &str = "Conveyor does not issue NATS identities per subscription yet: the Secret carries no credentials, and the consumer connects with credentials of its own, isolated only as far as the NATS server's own configuration makes it";

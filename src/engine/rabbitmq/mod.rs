@@ -9,6 +9,7 @@
 pub mod amqp;
 pub mod consumers;
 pub mod destinations;
+pub mod identities;
 pub mod management;
 pub mod topology;
 
@@ -21,8 +22,8 @@ use management::{ManagementClient, ManagementError};
 use super::registry::{Auth, ConnectRequest, Notifier};
 use super::{
     BoxFuture, BrokerConnection, BrokerInfo, ConsumerSpec, ConsumerState, ConsumerTarget,
-    DeleteWhen, Deletion, DestinationSpec, DestinationState, Engine, EngineError, EngineFacts,
-    Listed, SyncMode, SyncOutcome, Target,
+    Credentials, DeleteWhen, Deletion, DestinationSpec, DestinationState, Engine, EngineError,
+    EngineFacts, Issued, Listed, SyncMode, SyncOutcome, Target,
 };
 
 /// How often the watcher asks whether the management API answers.
@@ -242,5 +243,24 @@ impl BrokerConnection for RabbitConnection {
 
     fn unsupported_consumer(&self, spec: &ConsumerSpec) -> Vec<String> {
         consumers::unsupported(spec)
+    }
+
+    fn issue_identity(&self, spec: &ConsumerSpec, previous: Option<&Credentials>) -> Issued {
+        identities::issue(spec, &self.vhost, previous)
+    }
+
+    fn ensure_identity<'a>(
+        &'a self,
+        spec: &'a ConsumerSpec,
+        credentials: &'a Credentials,
+    ) -> BoxFuture<'a, Result<SyncOutcome<()>, EngineError>> {
+        Box::pin(RabbitConnection::ensure_identity(self, spec, credentials))
+    }
+
+    fn revoke_identity<'a>(
+        &'a self,
+        consumer: &'a str,
+    ) -> BoxFuture<'a, Result<bool, EngineError>> {
+        Box::pin(RabbitConnection::revoke_identity(self, consumer))
     }
 }

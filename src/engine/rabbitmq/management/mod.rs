@@ -395,6 +395,42 @@ impl ManagementClient {
         self.put(&api_path(&["policies", vhost, name]), body).await
     }
 
+    /// A user, or `None`.
+    pub async fn user(&self, name: &str) -> Result<Option<User>> {
+        self.get(&api_path(&["users", name])).await
+    }
+
+    /// Creates or replaces a user with `password` and `tags` (needs the `administrator` tag);
+    /// true when it was created. Replacing one closes none of its connections.
+    pub async fn put_user(&self, name: &str, password: &str, tags: &[&str]) -> Result<bool> {
+        let body = json!({"password": password, "tags": tags.join(",")});
+        self.put(&api_path(&["users", name]), body).await
+    }
+
+    /// Deletes a user, which closes its connections; false when it did not exist.
+    pub async fn delete_user(&self, name: &str) -> Result<bool> {
+        self.delete(&api_path(&["users", name])).await
+    }
+
+    /// What `user` may do in `vhost`, or `None` when it may do nothing there.
+    pub async fn permissions(&self, vhost: &str, user: &str) -> Result<Option<Permissions>> {
+        self.get(&api_path(&["permissions", vhost, user])).await
+    }
+
+    /// Sets what `user` may do in `vhost`.
+    pub async fn put_permissions(
+        &self,
+        vhost: &str,
+        user: &str,
+        permissions: &Permissions,
+    ) -> Result<()> {
+        let body = serde_json::to_value(permissions)
+            .map_err(|e| ManagementError::Decode(e.to_string()))?;
+        self.put(&api_path(&["permissions", vhost, user]), body)
+            .await
+            .map(drop)
+    }
+
     /// Deletes a policy; false when it did not exist.
     pub async fn delete_policy(&self, vhost: &str, name: &str) -> Result<bool> {
         self.delete(&api_path(&["policies", vhost, name])).await

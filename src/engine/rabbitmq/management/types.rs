@@ -147,3 +147,61 @@ impl Message {
 pub(super) struct Routed {
     pub(super) routed: bool,
 }
+
+/// A user as the management API shows it (never its password).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct User {
+    pub name: String,
+    /// Base64 of a 4-byte salt followed by the hash of salt and password.
+    #[serde(default)]
+    pub password_hash: String,
+    /// `rabbit_password_hashing_sha256` (the default) or `rabbit_password_hashing_sha512`.
+    #[serde(default)]
+    pub hashing_algorithm: String,
+    /// A list from 3.9 on, a comma-separated string before.
+    #[serde(default, deserialize_with = "tags")]
+    pub tags: Vec<String>,
+}
+
+fn tags<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<String>, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::Array(a) => a
+            .into_iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        Value::String(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    })
+}
+
+impl User {
+    /// Whether the stored hash is that of `password`. `None` for a hashing algorithm this
+    /// client does not know (then only a reset can make sure).
+    pub fn has_password(&self, password: &str) -> Option<bool> {
+        use sha2::Digest;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(&self.password_hash)
+            .ok()?;
+        let (salt, hash) = raw.split_at_checked(4)?;
+        let salted = [salt, password.as_bytes()].concat();
+        let computed = match self.hashing_algorithm.as_str() {
+            "" | "rabbit_password_hashing_sha256" => sha2::Sha256::digest(&salted).to_vec(),
+            "rabbit_password_hashing_sha512" => sha2::Sha512::digest(&salted).to_vec(),
+            _ => return None,
+        };
+        Some(computed == hash)
+    }
+}
+
+/// A user's permissions in one virtual host: regular expressions over resource names.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Permissions {
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+}
