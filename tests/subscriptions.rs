@@ -526,3 +526,88 @@ async fn each_subscription_consumes_with_an_identity_of_its_own(engine: EngineKi
     );
 }
 on_both_engines!(each_subscription_consumes_with_an_identity_of_its_own);
+
+async fn a_message_rejected_on_every_delivery_becomes_a_dead_letter_once(engine: EngineKind) {
+    let mut env = stream_env!(engine, "sub-dead");
+    create_orders_topic(&env, &["OrderPlaced"]).await;
+    wait_condition(&env.topics, "orders", "Ready", "True", T).await;
+    workload(&env, "payment").await;
+    let subs: Api<EventSubscription> = Api::namespaced(env.plane.client.clone(), &env.ns.name);
+    create_subscription(
+        &subs,
+        "payment",
+        json!({
+            "topicRef": {"name": "orders"},
+            "delivery": {"maxDeliveries": 3, "backoff": ["1s", "2s"], "deadLetter": {"enabled": true}},
+            "consumer": {"workloadRef": {"name": "payment"}}
+        }),
+    )
+    .await;
+    wait_condition(&subs, "payment", "Ready", "True", T).await;
+    let topic = env.name_in_broker("topic", "orders");
+    let consumer = env.name_in_broker("sub", "payment");
+    let dead = format!("{consumer}_dead");
+    let status = subs.get("payment").await.unwrap().status.unwrap();
+    assert_eq!(
+        status.dead_letter_destination.as_deref(),
+        Some(dead.as_str())
+    );
+    assert_eq!(status.dead_letters, Some(0));
+    let secrets: Api<Secret> = Api::namespaced(env.plane.client.clone(), &env.ns.name);
+    let settings = common::amqp::values(&secrets.get("payment-consumer").await.unwrap());
+    assert_eq!(settings["CONVEYOR_DEAD_LETTER"], dead);
+
+    // The rejections happen while the operator is down.
+    env.stop_operator();
+    env.broker.publish_events(&topic, "OrderPlaced", 1).await;
+    let deliveries = env.broker.reject_every_delivery(&settings).await;
+    assert_eq!(deliveries, 3, "maxDeliveries deliveries, then no more");
+    env.start_operator();
+
+    let headers = env.broker.wait_dead_letter(&dead).await;
+    eprintln!("dead letter headers: {headers}");
+    let text = headers.to_string();
+    assert!(text.contains(&consumer), "names the consumer: {text}");
+    assert!(text.contains(&topic), "names the source: {text}");
+    if engine == EngineKind::Nats {
+        assert_eq!(headers["Conveyor-Deliveries"], "3", "{text}");
+        assert_eq!(headers["Conveyor-Source-Sequence"], "1", "{text}");
+        assert_eq!(
+            headers["Conveyor-Source-Subject"],
+            format!("{topic}.OrderPlaced"),
+            "{text}"
+        );
+        assert!(
+            headers["Conveyor-Dead-At"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty())
+        );
+    } else {
+        // RabbitMQ dead-letters after exactly maxDeliveries deliveries, and says so in x-death.
+        assert_eq!(headers["x-first-death-reason"], "delivery_limit", "{text}");
+        assert_eq!(
+            headers["x-death"][0]["routing-keys"][0], "OrderPlaced",
+            "{text}"
+        );
+        assert!(headers["x-death"][0]["time"].is_number(), "{text}");
+    }
+    // Exactly once, also after the operator's restart.
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    assert_eq!(env.broker.messages(false, &dead).await, Some(1));
+
+    // Status counts it (a spec change makes the next pass now rather than at the resync).
+    patch_spec(&subs, "payment", json!({"delivery": {"maxAckPending": 10}})).await;
+    wait_for("status to count the dead letter", T, || async {
+        let s = subs.get("payment").await.unwrap().status?;
+        (s.dead_letters == Some(1)).then_some(())
+    })
+    .await;
+    // Deleting the subscription keeps its dead letters.
+    subs.delete("payment", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone(&subs, "payment").await;
+    assert!(!env.broker.consumer_exists(&topic, &consumer).await);
+    assert_eq!(env.broker.messages(false, &dead).await, Some(1));
+}
+on_both_engines!(a_message_rejected_on_every_delivery_becomes_a_dead_letter_once);

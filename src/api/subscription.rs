@@ -26,6 +26,11 @@ use super::topic::EVENT_TYPE_PATTERN;
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
     printcolumn(name = "Backlog", type_ = "integer", json_path = ".status.backlog"),
+    printcolumn(
+        name = "Dead Letters",
+        type_ = "integer",
+        json_path = ".status.deadLetters"
+    ),
     printcolumn(name = "Workload", type_ = "string", json_path = ".status.workload"),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas"),
     printcolumn(
@@ -186,7 +191,9 @@ pub enum StartFrom {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeadLetter {
-    /// Keep messages that exhausted `maxDeliveries` on the subscription's dead-letter subject.
+    /// Keep messages that used up `maxDeliveries` in the subscription's dead-letter destination
+    /// (`status.deadLetterDestination`), with where they came from and how many deliveries
+    /// were tried. Kept after the subscription is deleted when it holds messages.
     #[serde(default)]
     pub enabled: bool,
 }
@@ -324,6 +331,12 @@ pub struct EventSubscriptionStatus {
     /// `pending + inFlight`: the work not yet done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backlog: Option<i64>,
+    /// Messages that used up `maxDeliveries` and are kept in the dead-letter destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letters: Option<i64>,
+    /// The dead-letter destination in the broker: a stream on NATS, a queue on RabbitMQ.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_destination: Option<String>,
     /// The consumer workload, as `deployment/<name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<String>,

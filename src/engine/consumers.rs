@@ -37,7 +37,8 @@ pub struct ConsumerSpec {
     /// Messages delivered and not yet acknowledged at once, across all replicas.
     pub max_ack_pending: i64,
     pub start: StartFrom,
-    /// Keep messages that used up their deliveries (`delivery.deadLetter.enabled`).
+    /// Keep messages that used up their deliveries (`delivery.deadLetter.enabled`) in the
+    /// consumer's dead-letter destination (`dead_letter_name`).
     pub dead_letter: bool,
     /// Replicas of what the consumer keeps in the broker (a subscription queue on RabbitMQ).
     pub replicas: usize,
@@ -53,6 +54,8 @@ pub struct ConsumerState {
     pub pending: u64,
     /// Messages delivered and not yet acknowledged.
     pub in_flight: u64,
+    /// Messages in the consumer's dead-letter destination, when it has one.
+    pub dead_letters: Option<u64>,
 }
 
 impl ConsumerState {
@@ -71,11 +74,8 @@ pub struct ConsumerTarget {
     pub owner: String,
 }
 
-/// The message for a dead-letter request that this build cannot honour yet, on any engine.
-pub fn dead_letters_unsupported(spec: &ConsumerSpec) -> Vec<String> {
-    if spec.dead_letter {
-        vec!["spec.delivery.deadLetter: not available yet; a message that used up maxDeliveries is given up on (NATS: it stays in a Topic's stream; RabbitMQ: it is dropped)".to_string()]
-    } else {
-        Vec::new()
-    }
+/// The dead-letter destination of the consumer `consumer` (a stream on NATS, a quorum queue on
+/// RabbitMQ). Kubernetes names have no `_`, so no default consumer name ends like this.
+pub fn dead_letter_name(consumer: &str) -> String {
+    format!("{consumer}_dead")
 }

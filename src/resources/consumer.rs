@@ -33,6 +33,8 @@ pub mod keys {
     pub const MAX_ACK_PENDING: &str = "CONVEYOR_MAX_ACK_PENDING";
     /// `namespace/name` of the EventSubscription.
     pub const SUBSCRIPTION: &str = "CONVEYOR_SUBSCRIPTION";
+    /// With dead letters: the stream (NATS) or queue (RabbitMQ) that keeps them.
+    pub const DEAD_LETTER: &str = "CONVEYOR_DEAD_LETTER";
     /// RabbitMQ: the subscription's own user, which may only consume from `CONVEYOR_CONSUMER`.
     pub const USERNAME: &str = "CONVEYOR_USERNAME";
     /// RabbitMQ: that user's password.

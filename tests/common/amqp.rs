@@ -67,3 +67,27 @@ pub async fn publish(conn: &Connection, exchange: &str, key: &str) -> lapin::Res
     ch.basic_qos(1, Default::default()).await?;
     Ok(())
 }
+
+/// Takes every message of `queue` and returns it to the queue (`basic.nack` with requeue) until
+/// none is left: the number of deliveries rejected.
+pub async fn reject_all(conn: &Connection, queue: &str) -> lapin::Result<usize> {
+    use lapin::options::BasicNackOptions;
+    let ch = conn.create_channel().await?;
+    let mut rejected = 0;
+    let mut empty_since = std::time::Instant::now();
+    while empty_since.elapsed() < std::time::Duration::from_secs(3) {
+        match ch.basic_get(queue, BasicGetOptions::default()).await? {
+            Some(m) => {
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                };
+                m.delivery.nack(requeue).await?;
+                rejected += 1;
+                empty_since = std::time::Instant::now();
+            }
+            None => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    Ok(rejected)
+}

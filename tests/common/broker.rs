@@ -6,6 +6,7 @@
 //!   test ends; the Broker reaches the server through a `proxy::Proxy` that the test can cut
 //!   to make the broker unreachable without disturbing other tests.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
@@ -474,5 +475,79 @@ impl TestBroker {
             }
         }
         types
+    }
+
+    /// Rejects every delivery of the subscription whose Secret holds `settings`, as its own
+    /// client would (NATS: a negative acknowledgement; RabbitMQ: `basic.nack` with requeue),
+    /// until nothing is delivered for six seconds: the number of deliveries.
+    pub async fn reject_every_delivery(&self, settings: &BTreeMap<String, String>) -> usize {
+        use futures::StreamExt;
+        match self {
+            Self::Nats { .. } => {
+                let client = async_nats::connect(&settings["CONVEYOR_URLS"])
+                    .await
+                    .unwrap();
+                let js = jetstream::new(client);
+                let consumer: jetstream::consumer::PullConsumer = js
+                    .get_consumer_from_stream(
+                        &settings["CONVEYOR_CONSUMER"],
+                        &settings["CONVEYOR_SOURCE"],
+                    )
+                    .await
+                    .unwrap();
+                let mut deliveries = 0;
+                let mut quiet = std::time::Instant::now();
+                while quiet.elapsed() < Duration::from_secs(6) {
+                    let mut batch = consumer
+                        .fetch()
+                        .max_messages(1)
+                        .expires(Duration::from_secs(1))
+                        .messages()
+                        .await
+                        .unwrap();
+                    while let Some(m) = batch.next().await {
+                        let m = m.unwrap();
+                        m.ack_with(jetstream::AckKind::Nak(None)).await.unwrap();
+                        deliveries += 1;
+                        quiet = std::time::Instant::now();
+                    }
+                }
+                deliveries
+            }
+            Self::Rabbitmq(_) => {
+                let conn = super::amqp::connect(settings).await.unwrap();
+                super::amqp::reject_all(&conn, &settings["CONVEYOR_CONSUMER"])
+                    .await
+                    .unwrap()
+            }
+        }
+    }
+
+    /// Waits for the first message in the dead-letter destination `dead` and returns its
+    /// headers as a JSON object.
+    pub async fn wait_dead_letter(&self, dead: &str) -> Value {
+        super::wait_for("a dead letter", Duration::from_secs(45), || async {
+            match self {
+                Self::Nats { js, .. } => {
+                    let stream = js.get_stream(dead).await.ok()?;
+                    let m = stream.get_raw_message(1).await.ok()?;
+                    let headers: Map<String, Value> = m
+                        .headers
+                        .iter()
+                        .map(|(k, v)| {
+                            let v: Vec<String> = v.iter().map(|v| v.to_string()).collect();
+                            (k.to_string(), json!(v.join(",")))
+                        })
+                        .collect();
+                    Some(Value::Object(headers))
+                }
+                Self::Rabbitmq(r) => {
+                    let m = r.api.get_messages(&r.vhost, dead, 1, true).await.ok()?;
+                    let m = m.into_iter().next()?;
+                    Some(m.properties.get("headers").cloned().unwrap_or_default())
+                }
+            }
+        })
+        .await
     }
 }

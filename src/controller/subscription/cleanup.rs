@@ -104,9 +104,20 @@ pub async fn delete_consumer(obj: Arc<EventSubscription>, ctx: Arc<Context>) -> 
         ),
         Ok(Deletion::Absent) => return Ok(Action::await_change()),
         Ok(Deletion::NotOwned(why)) => (EventType::Warning, LEFT, format!("{why}; not deleted")),
-        Ok(Deletion::NotEmpty(_, why)) => (EventType::Warning, LEFT, why),
+        // Dead letters still on their way: the consumer stays until they are kept.
+        Ok(Deletion::NotEmpty(_, why)) => {
+            return give_up_or_retry(&*obj, &ctx, &name, why, LEFT).await;
+        }
         Err(e) => return give_up_or_retry(&*obj, &ctx, &name, e.to_string(), LEFT).await,
     };
     publish(&ctx, &*obj, kind, reason, note).await;
+    let status = obj.status.as_ref();
+    if let (Some(n @ 1..), Some(dest)) = (
+        status.and_then(|s| s.dead_letters),
+        status.and_then(|s| s.dead_letter_destination.as_ref()),
+    ) {
+        let note = format!("{n} dead letters are kept in {dest}, which stays in the broker");
+        publish(&ctx, &*obj, EventType::Normal, "DeadLettersKept", note).await;
+    }
     Ok(Action::await_change())
 }

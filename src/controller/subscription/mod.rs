@@ -32,6 +32,7 @@ use super::stream::{Link, StreamKind, link};
 use crate::api::common::namespace_allowed;
 use crate::api::conditions::{self, ConditionType, Desired, Reason, merge};
 use crate::api::{EventSubscription, EventSubscriptionStatus, Queue, Topic};
+use crate::engine::consumers::dead_letter_name;
 use crate::engine::{ConsumerState, SyncMode, SyncOutcome, digest};
 use crate::resources::consumer::SUBSCRIPTION as SUBSCRIPTION_LABEL;
 use consumer::{Source, consumer_name, consumer_spec};
@@ -452,6 +453,16 @@ async fn write_status(obj: &EventSubscription, ctx: &Context, pass: &Pass) -> Re
         pending: figure(|s| s.pending, prev.pending),
         in_flight: figure(|s| s.in_flight, prev.in_flight),
         backlog: figure(|s| s.backlog(), prev.backlog),
+        dead_letters: match pass.state {
+            Some(s) => s.dead_letters.map(|n| n as i64),
+            None => prev.dead_letters,
+        },
+        dead_letter_destination: match pass.state {
+            Some(s) => s
+                .dead_letters
+                .map(|_| dead_letter_name(&consumer_name(obj))),
+            None => prev.dead_letter_destination.clone(),
+        },
         workload: workload_label(obj),
         replicas: pass.replicas.or(prev.replicas),
     };

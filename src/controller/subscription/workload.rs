@@ -14,6 +14,7 @@ use crate::api::{Broker, EventSubscription};
 use crate::controller::apply::apply;
 use crate::controller::context::Context;
 use crate::controller::error::Result;
+use crate::engine::consumers::dead_letter_name;
 use crate::engine::{BrokerConnection, ConsumerSpec, Credentials, DestinationKind, Issued, digest};
 use crate::resources::consumer::{self, keys};
 
@@ -63,6 +64,9 @@ pub fn settings(
             .and_then(|r| r.virtual_host.clone())
             .unwrap_or_else(|| "/".into());
         m.insert(keys::VIRTUAL_HOST, vhost);
+    }
+    if spec.dead_letter {
+        m.insert(keys::DEAD_LETTER, dead_letter_name(&spec.name));
     }
     match credentials {
         Some(Credentials::UserPassword { user, password }) => {

@@ -27,12 +27,18 @@ pub struct Connection {
     last_error: Arc<Mutex<Option<String>>>,
     /// The CA file handed to the client; removed when the connection goes.
     ca_file: Option<PathBuf>,
+    /// The task that keeps dead letters, once a subscription asked for them; it stops with
+    /// the connection.
+    dead_letters: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
         if let Some(path) = &self.ca_file {
             let _ = std::fs::remove_file(path);
+        }
+        if let Some(task) = self.dead_letters.lock().ok().and_then(|mut t| t.take()) {
+            task.abort();
         }
     }
 }
@@ -41,6 +47,17 @@ impl Connection {
     /// The underlying client, for engine operations.
     pub fn client(&self) -> &async_nats::Client {
         &self.client
+    }
+
+    /// Starts the dead-letter task with `start` unless it runs.
+    pub(super) fn start_dead_letters(
+        &self,
+        start: impl FnOnce(async_nats::Client) -> tokio::task::JoinHandle<()>,
+    ) {
+        let mut task = self.dead_letters.lock().unwrap_or_else(|e| e.into_inner());
+        if task.is_none() {
+            *task = Some(start(self.client.clone()));
+        }
     }
 
     fn unreachable(&self) -> EngineError {
@@ -216,6 +233,7 @@ async fn connect(spec: &ConnectRequest, notifier: Notifier) -> Result<Connection
         client,
         last_error,
         ca_file,
+        dead_letters: Mutex::new(None),
     })
 }
 

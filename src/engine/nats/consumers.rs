@@ -11,8 +11,11 @@ use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::stream::ConsumerErrorKind;
 
 use super::connection::Connection;
+use super::dead_letters::DEAD_LETTER_KEY;
 use super::streams::{OWNER_KEY, timed};
-use crate::engine::consumers::{ConsumerSpec, ConsumerState, ConsumerTarget, StartFrom};
+use crate::engine::consumers::{
+    ConsumerSpec, ConsumerState, ConsumerTarget, StartFrom, dead_letter_name,
+};
 use crate::engine::{Deletion, DestinationKind, EngineError, SyncMode, SyncOutcome};
 
 /// The server's answer when a second unfiltered consumer is put on a work-queue stream.
@@ -71,9 +74,18 @@ pub fn config(spec: &ConsumerSpec) -> Result<consumer::Config, EngineError> {
         backoff: spec.backoff.clone(),
         max_ack_pending: spec.max_ack_pending,
         filter_subjects: filter_subjects(spec),
-        metadata: [(OWNER_KEY.to_string(), spec.owner.clone())].into(),
+        metadata: metadata(spec),
         ..Default::default()
     })
+}
+
+/// The owner, and the dead-letter stream when the subscription keeps dead letters.
+fn metadata(spec: &ConsumerSpec) -> std::collections::HashMap<String, String> {
+    let mut m = std::collections::HashMap::from([(OWNER_KEY.to_string(), spec.owner.clone())]);
+    if spec.dead_letter {
+        m.insert(DEAD_LETTER_KEY.into(), dead_letter_name(&spec.name));
+    }
+    m
 }
 
 /// The settings in which `actual` differs from `wanted`, by name, split into those the server
@@ -106,6 +118,10 @@ pub fn differences(
             "maxAckPending",
             wanted.max_ack_pending == actual.max_ack_pending,
         ),
+        (
+            "deadLetter",
+            wanted.metadata.get(DEAD_LETTER_KEY) == actual.metadata.get(DEAD_LETTER_KEY),
+        ),
     ] {
         if !same {
             in_place.push(name.to_string());
@@ -123,10 +139,11 @@ pub fn differences(
     (in_place, fixed)
 }
 
-fn state(info: &consumer::Info) -> ConsumerState {
+fn state(info: &consumer::Info, dead_letters: Option<u64>) -> ConsumerState {
     ConsumerState {
         pending: info.num_pending,
         in_flight: info.num_ack_pending as u64,
+        dead_letters,
     }
 }
 
@@ -187,6 +204,15 @@ impl Connection {
         timed(async {
             let wanted = config(spec)?;
             let js = async_nats::jetstream::new(self.client().clone());
+            // The dead-letter stream first: the consumer names it.
+            let dead = match spec.dead_letter {
+                true => match self.ensure_dead_letters(spec, mode).await? {
+                    Ok(d) => d,
+                    Err(why) => return Ok(SyncOutcome::Conflict(why)),
+                },
+                false => None,
+            };
+            let state = |info: &consumer::Info| state(info, dead);
             let Some(info) = self.consumer_info(&spec.source, &spec.name).await? else {
                 if !mode.create {
                     return Ok(SyncOutcome::Missing);
@@ -246,17 +272,25 @@ impl Connection {
     ) -> Result<Deletion, EngineError> {
         timed(async {
             let Some(info) = self.consumer_info(&target.source, &target.name).await? else {
+                self.delete_dead_letters_if_empty(target).await?;
                 return Ok(Deletion::Absent);
             };
             if let Some(why) = not_owned(&target.name, &info.config, &target.owner) {
                 return Ok(Deletion::NotOwned(why));
+            }
+            if self.advisories_waiting(target).await? {
+                let why = format!("consumer {} has dead letters still being kept", target.name);
+                return Ok(Deletion::NotEmpty(0, why));
             }
             let js = async_nats::jetstream::new(self.client().clone());
             match js
                 .delete_consumer_from_stream(&target.name, &target.source)
                 .await
             {
-                Ok(_) => Ok(Deletion::Deleted),
+                Ok(_) => {
+                    self.delete_dead_letters_if_empty(target).await?;
+                    Ok(Deletion::Deleted)
+                }
                 Err(e)
                     if matches!(
                         code(&e.kind()),

@@ -4,6 +4,7 @@
 
 pub mod connection;
 pub mod consumers;
+pub mod dead_letters;
 pub mod identities;
 pub mod jwt;
 pub mod streams;
@@ -81,9 +82,10 @@ impl BrokerConnection for Connection {
     }
 
     fn unsupported_consumer(&self, spec: &ConsumerSpec) -> Vec<String> {
-        // A durable pull consumer has every delivery setting of the model; dead letters are
-        // Conveyor's own to build.
-        super::consumers::dead_letters_unsupported(spec)
+        // A durable pull consumer has every delivery setting of the model; Conveyor keeps
+        // the dead letters (`dead_letters`).
+        let _ = spec;
+        Vec::new()
     }
 
     fn issue_identity(&self, _: &ConsumerSpec, _: Option<&Credentials>) -> Issued {

@@ -10,9 +10,11 @@
 use serde_json::{Map, Value, json};
 
 use super::RabbitConnection;
-use super::management::{Binding, Policy, QueueInfo};
+use super::management::{Binding, ManagementError, Policy, QueueInfo};
 use super::topology::{self as t, POLICY_PRIORITY};
-use crate::engine::consumers::{ConsumerSpec, ConsumerState, ConsumerTarget, StartFrom};
+use crate::engine::consumers::{
+    ConsumerSpec, ConsumerState, ConsumerTarget, StartFrom, dead_letter_name,
+};
 use crate::engine::{Deletion, DestinationKind, EngineError, SyncMode, SyncOutcome};
 
 /// The binding keys of a subscription queue: its event types, or every type.
@@ -33,13 +35,24 @@ pub fn queue_arguments(spec: &ConsumerSpec) -> Map<String, Value> {
 }
 
 /// The policy of a subscription queue: a message returned more than `delivery-limit` times is
-/// given up on, so the limit is one less than the deliveries allowed.
+/// given up on, so the limit is one less than the deliveries allowed. With dead letters it then
+/// goes, through the default exchange, to the dead-letter queue, at least once: the quorum queue
+/// keeps it until the dead-letter queue has confirmed it (which needs `reject-publish`).
 pub fn delivery_policy(spec: &ConsumerSpec) -> Policy {
     let mut d = Map::new();
     d.insert(
         "delivery-limit".into(),
         json!((spec.max_deliveries - 1).max(0)),
     );
+    if spec.dead_letter {
+        d.insert("dead-letter-exchange".into(), json!(""));
+        d.insert(
+            "dead-letter-routing-key".into(),
+            json!(dead_letter_name(&spec.name)),
+        );
+        d.insert("dead-letter-strategy".into(), json!("at-least-once"));
+        d.insert("overflow".into(), json!("reject-publish"));
+    }
     Policy {
         pattern: t::exact(&spec.name),
         apply_to: "queues".into(),
@@ -50,10 +63,9 @@ pub fn delivery_policy(spec: &ConsumerSpec) -> Policy {
 
 /// What RabbitMQ cannot honour of a consumer spec, each naming the field.
 pub fn unsupported(spec: &ConsumerSpec) -> Vec<String> {
-    let mut out = crate::engine::consumers::dead_letters_unsupported(spec);
-    out.extend([
+    let mut out = vec![
         "spec.delivery.ackWait: RabbitMQ 3.10 has no acknowledgement timeout per queue; the broker-wide consumer_timeout applies".to_string(),
-    ]);
+    ];
     if !spec.backoff.is_empty() {
         out.push(
             "spec.delivery.backoff: RabbitMQ redelivers a returned message at once".to_string(),
@@ -68,14 +80,21 @@ pub fn unsupported(spec: &ConsumerSpec) -> Vec<String> {
         out.push(
             "spec.delivery.maxDeliveries: not applied to a Queue's own queue on RabbitMQ yet; redeliveries are unlimited".to_string(),
         );
+        if spec.dead_letter {
+            out.push(
+                "spec.delivery.deadLetter: not available for a Queue's own queue on RabbitMQ yet"
+                    .to_string(),
+            );
+        }
     }
     out
 }
 
-fn state(q: &QueueInfo) -> ConsumerState {
+fn state(q: &QueueInfo, dead: Option<&QueueInfo>) -> ConsumerState {
     ConsumerState {
         pending: q.messages_ready.unwrap_or(0),
         in_flight: q.messages_unacknowledged.unwrap_or(0),
+        dead_letters: dead.map(|d| d.messages.unwrap_or(0)),
     }
 }
 
@@ -102,7 +121,7 @@ impl RabbitConnection {
         crate::engine::BrokerConnection::require_connected(self)?;
         match spec.source_kind {
             DestinationKind::Queue => Ok(match self.api.queue(&self.vhost, &spec.source).await? {
-                Some(q) => SyncOutcome::Unchanged(state(&q)),
+                Some(q) => SyncOutcome::Unchanged(state(&q, None)),
                 None => SyncOutcome::Missing,
             }),
             DestinationKind::Topic => self.ensure_subscription_queue(spec, mode).await,
@@ -118,6 +137,11 @@ impl RabbitConnection {
         let policy_name = t::policy_name(name);
         let wanted_policy = delivery_policy(spec);
         let keys = binding_keys(spec);
+        // The dead-letter queue comes first: the policy that sends to it may not lead nowhere.
+        let dead = match self.ensure_dead_letter_queue(spec, mode).await? {
+            Ok(d) => d,
+            Err(why) => return Ok(SyncOutcome::Conflict(why)),
+        };
         let Some(queue) = self.api.queue(vh, name).await? else {
             if !mode.create {
                 return Ok(SyncOutcome::Missing);
@@ -131,7 +155,10 @@ impl RabbitConnection {
             for key in &keys {
                 self.api.bind_queue(vh, &spec.source, name, key).await?;
             }
-            return Ok(SyncOutcome::Created(ConsumerState::default()));
+            return Ok(SyncOutcome::Created(state(
+                &QueueInfo::default(),
+                dead.as_ref(),
+            )));
         };
         let what = format!("queue {name}");
         if let Some(why) = t::not_owned(&what, &queue.arguments, &spec.owner) {
@@ -144,7 +171,7 @@ impl RabbitConnection {
         let policy = self.api.policy(vh, &policy_name).await?;
         let policy_differs = policy.as_ref() != Some(&wanted_policy);
         if policy_differs {
-            changed.push("maxDeliveries".to_string());
+            changed.push("maxDeliveries and deadLetter".to_string());
         }
         let bound = self
             .api
@@ -154,7 +181,7 @@ impl RabbitConnection {
         if !missing.is_empty() || !extra.is_empty() {
             changed.push("filter".to_string());
         }
-        let state = state(&queue);
+        let state = state(&queue, dead.as_ref());
         if changed.is_empty() {
             return Ok(SyncOutcome::Unchanged(state));
         }
@@ -178,6 +205,39 @@ impl RabbitConnection {
         Ok(SyncOutcome::Updated(state, changed))
     }
 
+    /// The dead-letter queue of a subscription that keeps dead letters: declared like the
+    /// subscription queue and owned by the subscription. `Err(why)` when one of that name is
+    /// someone else's; `None` without dead letters, or when it may not be created.
+    async fn ensure_dead_letter_queue(
+        &self,
+        spec: &ConsumerSpec,
+        mode: SyncMode,
+    ) -> Result<Result<Option<QueueInfo>, String>, EngineError> {
+        if !spec.dead_letter {
+            return Ok(Ok(None));
+        }
+        let (vh, name) = (&self.vhost, dead_letter_name(&spec.name));
+        match self.api.queue(vh, &name).await? {
+            Some(q) => {
+                let what = format!("dead-letter queue {name}");
+                Ok(match t::not_owned(&what, &q.arguments, &spec.owner) {
+                    Some(why) => Err(why),
+                    None => Ok(Some(q)),
+                })
+            }
+            None if mode.create => {
+                self.api
+                    .declare_queue(vh, &name, true, &queue_arguments(spec))
+                    .await?;
+                Ok(Ok(Some(QueueInfo {
+                    name,
+                    ..Default::default()
+                })))
+            }
+            None => Ok(Ok(None)),
+        }
+    }
+
     pub(super) async fn delete_consumer(
         &self,
         target: &ConsumerTarget,
@@ -198,7 +258,29 @@ impl RabbitConnection {
         }
         self.api.delete_queue(vh, name).await?;
         self.api.delete_policy(vh, &t::policy_name(name)).await?;
+        self.delete_dead_letter_queue_if_empty(target).await?;
         Ok(Deletion::Deleted)
+    }
+
+    /// Deletes the subscription's dead-letter queue when it holds nothing: dead letters are
+    /// kept, with their queue, after the subscription goes.
+    async fn delete_dead_letter_queue_if_empty(
+        &self,
+        target: &ConsumerTarget,
+    ) -> Result<(), EngineError> {
+        let (vh, name) = (&self.vhost, dead_letter_name(&target.name));
+        let Some(q) = self.api.queue(vh, &name).await? else {
+            return Ok(());
+        };
+        let what = format!("dead-letter queue {name}");
+        if t::not_owned(&what, &q.arguments, &target.owner).is_some() {
+            return Ok(());
+        }
+        // The server decides emptiness: the statistics lag behind.
+        match self.api.delete_queue_if_empty(vh, &name).await {
+            Ok(_) | Err(ManagementError::Status { code: 400, .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

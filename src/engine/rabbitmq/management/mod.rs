@@ -226,6 +226,13 @@ impl ManagementClient {
         self.delete(&api_path(&["queues", vhost, name])).await
     }
 
+    /// Deletes a queue only if it holds no messages, as the server sees it at that moment:
+    /// `Ok(false)` when it does not exist, a 400 `Status` when it is not empty.
+    pub async fn delete_queue_if_empty(&self, vhost: &str, name: &str) -> Result<bool> {
+        let path = format!("{}?if-empty=true", api_path(&["queues", vhost, name]));
+        self.delete(&path).await
+    }
+
     /// Every exchange of a vhost, in one request.
     pub async fn exchanges(&self, vhost: &str) -> Result<Vec<ExchangeInfo>> {
         let path = format!(
