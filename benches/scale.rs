@@ -28,19 +28,8 @@ async fn metric(env: &Env, name: &str) -> f64 {
     env.op.as_ref().expect("operator").metric(name, "").await
 }
 
-/// The operator's API requests that write (anything but GET), from its own metric.
 async fn api_writes(env: &Env) -> f64 {
-    let op = env.op.as_ref().expect("operator");
-    let mut total = 0.0;
-    for method in ["POST", "PUT", "PATCH", "DELETE"] {
-        total += op
-            .metric(
-                "conveyor_kube_api_requests_total",
-                &format!("method=\"{method}\""),
-            )
-            .await;
-    }
-    total
+    support::api_writes(env.op.as_ref().expect("operator")).await
 }
 
 async fn run() {

@@ -326,6 +326,20 @@ pub fn benchmarking() -> bool {
     std::env::args().any(|a| a == "--bench")
 }
 
+/// The operator's API requests that write (anything but GET), from its own metric.
+pub async fn api_writes(op: &super::common::operator::Operator) -> f64 {
+    let mut total = 0.0;
+    for method in ["POST", "PUT", "PATCH", "DELETE"] {
+        total += op
+            .metric(
+                "conveyor_kube_api_requests_total",
+                &format!("method=\"{method}\""),
+            )
+            .await;
+    }
+    total
+}
+
 /// Deletes the bench's Lease in `default`.
 pub async fn delete_lease(client: &kube::Client, name: &str) {
     let api: Api<k8s_openapi::api::coordination::v1::Lease> =
