@@ -234,3 +234,212 @@ async fn a_server_on_the_rendered_configuration_serves_conveyors_credentials_ove
         .await;
     assert!(anonymous.is_err(), "an anonymous client must be refused");
 }
+
+/// Subscriptions' identities on a server running Conveyor's managed configuration: a user
+/// issued for consumer A fetches and acknowledges on A only; it cannot fetch from B, publish to
+/// the stream, or create streams; after revocation the server closes its connection and refuses
+/// it, while B's user still works.
+#[tokio::test]
+async fn a_subscriptions_nats_user_may_consume_only_its_own_consumer_until_revoked() {
+    use async_nats::jetstream::{self, consumer, stream};
+    use conveyor::engine::registry::{Auth, ConnectRequest, Registry};
+    use conveyor::engine::{ConsumerSpec, Credentials, DestinationKind, Engine, Issued, StartFrom};
+    use futures::StreamExt;
+
+    let Some(bin) = common::testbin("nats-server") else {
+        common::skip("no nats-server binary: run `hack/testbin.sh`");
+        return;
+    };
+    let dir = tempfile::TempDir::new().unwrap();
+    let port = free_port();
+    let stored = identities::generate("events", 1_800_000_000).unwrap();
+    let ids = identities::read(|k| stored.get(k).cloned()).unwrap();
+    let config = render(&input(dir.path(), 1, false, Some(ids.config.clone()), port))
+        .replace("0.0.0.0", "127.0.0.1");
+    let file = dir.path().join("nats.conf");
+    std::fs::write(&file, &config).unwrap();
+    let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+    let mut child = Command::new(&bin)
+        .arg("-c")
+        .arg(&file)
+        .env("POD_NAME", "events-nats-0")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Kill(&mut child);
+    let url = format!("nats://127.0.0.1:{port}");
+
+    // Conveyor's connection, with the keys a managed Broker's plan hands it.
+    let req = ConnectRequest {
+        engine: Engine::Nats,
+        urls: vec![url.clone()],
+        auth: Auth::CredentialsFile(ids.creds.clone()),
+        issuer: Some(ids.issuer.clone()),
+        ..Default::default()
+    };
+    let registry = Registry::default();
+    let conn = common::wait_for("Conveyor to connect", Duration::from_secs(15), || async {
+        let c = registry
+            .connect(&("shop".into(), "events".into()), &req)
+            .await
+            .ok()?;
+        c.require_connected().ok().map(|_| c)
+    })
+    .await;
+    let admin = async_nats::ConnectOptions::with_credentials(&ids.creds)
+        .unwrap()
+        .connect(&url)
+        .await
+        .unwrap();
+    let js = jetstream::new(admin);
+    js.create_stream(stream::Config {
+        name: "topic_shop_orders".into(),
+        subjects: vec!["topic_shop_orders.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let spec = |name: &str| ConsumerSpec {
+        source_kind: DestinationKind::Topic,
+        source: "topic_shop_orders".into(),
+        name: name.into(),
+        event_types: vec![],
+        ack_wait: Duration::from_secs(30),
+        max_deliveries: 5,
+        backoff: vec![],
+        max_ack_pending: 100,
+        start: StartFrom::All,
+        dead_letter: false,
+        replicas: 1,
+        owner: format!("EventSubscription shop/{name}"),
+    };
+    let mut creds = Vec::new();
+    for name in ["sub_shop_payment", "sub_shop_shipping"] {
+        js.create_consumer_on_stream(
+            consumer::pull::Config {
+                durable_name: Some(name.into()),
+                ..Default::default()
+            },
+            "topic_shop_orders",
+        )
+        .await
+        .unwrap();
+        let Issued::Credentials(c) = conn.issue_identity(&spec(name), None) else {
+            panic!("a managed broker's connection issues identities")
+        };
+        // Kept while it stays right: no new JWT each pass.
+        assert_eq!(
+            conn.issue_identity(&spec(name), Some(&c)),
+            Issued::Credentials(c.clone())
+        );
+        creds.push(c);
+    }
+    js.publish("topic_shop_orders.OrderPlaced", "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let client_of = |c: &Credentials| {
+        let Credentials::NatsCreds {
+            creds,
+            inbox_prefix,
+            ..
+        } = c.clone()
+        else {
+            panic!("NATS credentials")
+        };
+        let url = url.clone();
+        async move {
+            async_nats::ConnectOptions::with_credentials(&creds)
+                .unwrap()
+                .custom_inbox_prefix(inbox_prefix)
+                .connection_timeout(Duration::from_secs(2))
+                .connect(url)
+                .await
+        }
+    };
+    let fetch_one = |client: async_nats::Client, name: &'static str| async move {
+        let js = jetstream::new(client);
+        let c: consumer::PullConsumer = js
+            .get_consumer_from_stream(name, "topic_shop_orders")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut batch = c
+            .fetch()
+            .max_messages(1)
+            .expires(Duration::from_secs(2))
+            .messages()
+            .await
+            .map_err(|e| e.to_string())?;
+        let m = batch
+            .next()
+            .await
+            .ok_or("nothing delivered")?
+            .map_err(|e| e.to_string())?;
+        m.ack().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(m.subject.to_string())
+    };
+
+    let payment = client_of(&creds[0]).await.unwrap();
+    assert_eq!(
+        fetch_one(payment.clone(), "sub_shop_payment")
+            .await
+            .unwrap(),
+        "topic_shop_orders.OrderPlaced"
+    );
+    let refused = fetch_one(payment.clone(), "sub_shop_shipping").await;
+    assert!(refused.is_err(), "A fetched from B's consumer: {refused:?}");
+    let js_a = jetstream::new(payment.clone());
+    let publish = js_a
+        .publish("topic_shop_orders.OrderPlaced", "{}".into())
+        .await;
+    let acked = match publish {
+        Ok(ack) => tokio::time::timeout(Duration::from_secs(3), ack)
+            .await
+            .ok()
+            .and_then(|a| a.ok()),
+        Err(_) => None,
+    };
+    assert!(acked.is_none(), "A published to the stream");
+    let created = js_a
+        .create_stream(stream::Config {
+            name: "stolen".into(),
+            subjects: vec!["stolen".into()],
+            ..Default::default()
+        })
+        .await;
+    assert!(created.is_err(), "A created a stream");
+
+    // Revoked: the open connection closes and the credentials are refused from then on.
+    assert!(conn.revoke_identity("sub_shop_payment").await.unwrap());
+    common::wait_for(
+        "A's connection to be closed",
+        Duration::from_secs(10),
+        || async {
+            (payment.connection_state() != async_nats::connection::State::Connected).then_some(())
+        },
+    )
+    .await;
+    let again = client_of(&creds[0]).await;
+    assert!(again.is_err(), "revoked credentials still connect");
+    // B is untouched, also after a second revocation pushed on top of the first.
+    let shipping = client_of(&creds[1]).await.unwrap();
+    assert_eq!(
+        fetch_one(shipping, "sub_shop_shipping").await.unwrap(),
+        "topic_shop_orders.OrderPlaced"
+    );
+    assert!(conn.revoke_identity("sub_shop_shipping").await.unwrap());
+    assert!(client_of(&creds[1]).await.is_err());
+    assert!(
+        client_of(&creds[0]).await.is_err(),
+        "the first revocation stays"
+    );
+}

@@ -9,6 +9,12 @@
 pub enum Credentials {
     /// A user name and password (RabbitMQ).
     UserPassword { user: String, password: String },
+    /// A NATS creds file (user JWT and seed) and the inbox prefix the client must use.
+    NatsCreds {
+        user: String,
+        creds: String,
+        inbox_prefix: String,
+    },
 }
 
 impl std::fmt::Debug for Credentials {
@@ -18,6 +24,19 @@ impl std::fmt::Debug for Credentials {
                 .debug_struct("UserPassword")
                 .field("user", user)
                 .finish_non_exhaustive(),
+            Self::NatsCreds { user, .. } => f
+                .debug_struct("NatsCreds")
+                .field("user", user)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl Credentials {
+    /// Who the credentials authenticate as.
+    pub fn user(&self) -> &str {
+        match self {
+            Self::UserPassword { user, .. } | Self::NatsCreds { user, .. } => user,
         }
     }
 }

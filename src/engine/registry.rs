@@ -41,6 +41,9 @@ pub struct ConnectRequest {
     pub auth: Auth,
     /// PEM of the certificate authority that signed the servers' certificates.
     pub ca_pem: Option<String>,
+    /// The keys with which Conveyor issues and revokes subscriptions' NATS identities (managed
+    /// NATS brokers only).
+    pub issuer: Option<super::nats::identities::Issuer>,
     /// Connect only to `urls`, never to servers the broker advertises (its cluster peers): a
     /// broker could otherwise steer the operator, with these credentials, past the allow-list.
     pub only_listed_urls: bool,

@@ -39,6 +39,10 @@ pub mod keys {
     pub const USERNAME: &str = "CONVEYOR_USERNAME";
     /// RabbitMQ: that user's password.
     pub const PASSWORD: &str = "CONVEYOR_PASSWORD";
+    /// NATS: the creds file (user JWT and seed) of the subscription's own user.
+    pub const CREDS: &str = "CONVEYOR_CREDS";
+    /// NATS: the inbox prefix the client must use; the user receives replies there only.
+    pub const INBOX_PREFIX: &str = "CONVEYOR_INBOX_PREFIX";
 }
 
 /// The Secret of the subscription `name`: `<name>-consumer`.

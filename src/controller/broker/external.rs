@@ -173,5 +173,6 @@ async fn connect_request(
         auth,
         ca_pem,
         only_listed_urls: true,
+        issuer: None,
     }))
 }

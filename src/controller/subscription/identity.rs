@@ -9,7 +9,7 @@ use crate::api::conditions::{ConditionType, Desired, Reason};
 use crate::controller::context::Context;
 use crate::controller::driver::publish;
 use crate::controller::error::Error;
-use crate::engine::{BrokerConnection, ConsumerSpec, Credentials, Issued, SyncOutcome};
+use crate::engine::{BrokerConnection, ConsumerSpec, Issued, SyncOutcome};
 
 /// What making the identity came to.
 pub struct Isolation {
@@ -39,7 +39,7 @@ pub async fn ensure(
             };
         }
     };
-    let Credentials::UserPassword { user, .. } = credentials;
+    let user = credentials.user();
     let rights = format!(
         "consumes as broker user {user}, which may only consume and acknowledge on consumer {}",
         spec.name

@@ -15,6 +15,7 @@ use crate::controller::apply::apply;
 use crate::controller::context::Context;
 use crate::controller::error::Result;
 use crate::engine::consumers::dead_letter_name;
+use crate::engine::nats::jwt;
 use crate::engine::{BrokerConnection, ConsumerSpec, Credentials, DestinationKind, Issued, digest};
 use crate::resources::consumer::{self, keys};
 
@@ -73,6 +74,14 @@ pub fn settings(
             m.insert(keys::USERNAME, user.clone());
             m.insert(keys::PASSWORD, password.clone());
         }
+        Some(Credentials::NatsCreds {
+            creds,
+            inbox_prefix,
+            ..
+        }) => {
+            m.insert(keys::CREDS, creds.clone());
+            m.insert(keys::INBOX_PREFIX, inbox_prefix.clone());
+        }
         None => {}
     }
     m
@@ -85,6 +94,16 @@ fn previous_credentials(secret: &Secret) -> Option<Credentials> {
         data.get(k)
             .and_then(|v| String::from_utf8(v.0.clone()).ok())
     };
+    if let Some(creds) = value(keys::CREDS) {
+        let user = jwt::claims(creds.lines().find(|l| l.starts_with("ey"))?)?["sub"]
+            .as_str()?
+            .to_string();
+        return Some(Credentials::NatsCreds {
+            user,
+            creds,
+            inbox_prefix: value(keys::INBOX_PREFIX)?,
+        });
+    }
     Some(Credentials::UserPassword {
         user: value(keys::USERNAME)?,
         password: value(keys::PASSWORD)?,

@@ -30,6 +30,9 @@ pub struct Connection {
     /// The task that keeps dead letters, once a subscription asked for them; it stops with
     /// the connection.
     dead_letters: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The keys for subscriptions' identities (managed brokers).
+    pub(super) issuer: Option<super::identities::Issuer>,
+    pub(super) urls: Vec<String>,
 }
 
 impl Drop for Connection {
@@ -47,6 +50,28 @@ impl Connection {
     /// The underlying client, for engine operations.
     pub fn client(&self) -> &async_nats::Client {
         &self.client
+    }
+
+    /// A short-lived client of the system account on the same servers, for pushing account
+    /// JWTs.
+    pub(super) async fn system_client(
+        &self,
+        creds: &str,
+    ) -> Result<async_nats::Client, EngineError> {
+        let mut options = ConnectOptions::with_credentials(creds)
+            .map_err(|e| EngineError::Request(format!("system credentials: {e}")))?
+            .connection_timeout(Duration::from_secs(3))
+            .name("conveyor (system account)");
+        if let Some(path) = &self.ca_file {
+            options = options.add_root_certificates(path.clone());
+        }
+        if self.urls.iter().any(|u| u.starts_with("tls://")) {
+            options = options.require_tls(true);
+        }
+        options
+            .connect(self.urls.clone())
+            .await
+            .map_err(|e| EngineError::Unreachable(e.to_string()))
     }
 
     /// Starts the dead-letter task with `start` unless it runs.
@@ -234,6 +259,8 @@ async fn connect(spec: &ConnectRequest, notifier: Notifier) -> Result<Connection
         last_error,
         ca_file,
         dead_letters: Mutex::new(None),
+        issuer: spec.issuer.clone(),
+        urls: spec.urls.clone(),
     })
 }
 

@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use super::jwt::{self, AccountLimits, Permissions, Role};
+use sha2::{Digest, Sha256};
+
+use super::jwt::{self, AccountLimits, KeyPair, Permissions, Role};
 
 /// The keys under which the identities are stored.
 pub mod keys {
@@ -39,11 +41,123 @@ pub struct AuthConfig {
     pub accounts: Vec<(String, String)>,
 }
 
-/// The public configuration the servers need, and Conveyor's own credentials.
+/// The public configuration the servers need, Conveyor's own credentials, and the keys with
+/// which it issues and revokes subscriptions' identities.
 #[derive(Clone, Debug)]
 pub struct Identities {
     pub config: AuthConfig,
     pub creds: String,
+    pub issuer: Issuer,
+}
+
+/// The keys that sign subscriptions' user JWTs (the application account's) and the account JWT
+/// that revokes them (the operator's), and the system account's, whose users may push an
+/// account JWT to the servers.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Issuer {
+    /// The application account's name in its JWT (the Broker's name).
+    pub account_name: String,
+    pub account_seed: String,
+    pub operator_seed: String,
+    pub system_account_seed: String,
+}
+
+impl std::fmt::Debug for Issuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issuer")
+            .field("account_name", &self.account_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Issuer {
+    fn account(&self) -> Result<KeyPair, Error> {
+        Ok(jwt::key_from_seed(Role::Account, &self.account_seed)?)
+    }
+
+    /// The user key of the consumer `consumer`: derived from the account's seed, so that it
+    /// can be revoked without having been stored anywhere.
+    pub fn subscription_key(&self, consumer: &str) -> Result<KeyPair, Error> {
+        let mut h = Sha256::new();
+        h.update(b"conveyor subscription user\0");
+        h.update(self.account_seed.as_bytes());
+        h.update(b"\0");
+        h.update(consumer.as_bytes());
+        let raw: [u8; 32] = h.finalize().into();
+        KeyPair::new_from_raw(nkeys::KeyPairType::User, raw)
+            .map_err(|e| Error::Jwt(jwt::Error::from(e)))
+    }
+
+    /// A creds file for the consumer's user with `permissions`, issued at `iat`.
+    pub fn subscription_creds(
+        &self,
+        consumer: &str,
+        permissions: &Permissions,
+        iat: i64,
+    ) -> Result<String, Error> {
+        let user = self.subscription_key(consumer)?;
+        let token = jwt::user_jwt(
+            &self.account()?,
+            &user.public_key(),
+            consumer,
+            permissions,
+            iat,
+        )?;
+        Ok(jwt::creds_file(&token, &jwt::seed(&user)?)?)
+    }
+
+    /// The application account's JWT refusing the users in `revocations`, issued at `iat`.
+    pub fn account_jwt(
+        &self,
+        revocations: &BTreeMap<String, i64>,
+        iat: i64,
+    ) -> Result<String, Error> {
+        let operator = jwt::key_from_seed(Role::Operator, &self.operator_seed)?;
+        Ok(jwt::account_jwt_revoking(
+            &operator,
+            &self.account()?.public_key(),
+            &self.account_name,
+            AccountLimits::with_unlimited_jetstream(),
+            revocations,
+            iat,
+        )?)
+    }
+
+    pub fn account_public(&self) -> Result<String, Error> {
+        Ok(self.account()?.public_key())
+    }
+
+    /// Credentials of a system-account user, for pushing account JWTs.
+    pub fn system_creds(&self, iat: i64) -> Result<String, Error> {
+        let system = jwt::key_from_seed(Role::Account, &self.system_account_seed)?;
+        let user = jwt::generate_key(Role::User);
+        let token = jwt::user_jwt(
+            &system,
+            &user.public_key(),
+            "conveyor-system",
+            &Permissions::default(),
+            iat,
+        )?;
+        Ok(jwt::creds_file(&token, &jwt::seed(&user)?)?)
+    }
+}
+
+/// What a subscription's NATS user may do: fetch from and acknowledge on its one consumer, read
+/// that consumer's info, and receive replies on an inbox prefix of its own.
+pub fn subscription_permissions(stream: &str, consumer: &str) -> Permissions {
+    Permissions {
+        publish_allow: vec![
+            format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
+            format!("$JS.API.CONSUMER.INFO.{stream}.{consumer}"),
+            format!("$JS.ACK.{stream}.{consumer}.>"),
+        ],
+        subscribe_allow: vec![format!("{}.>", inbox_prefix(consumer))],
+    }
+}
+
+/// The inbox prefix a subscription's client must use (its replies arrive there only).
+pub fn inbox_prefix(consumer: &str) -> String {
+    format!("_INBOX_{consumer}")
 }
 
 /// New identities for the broker `broker`, issued at `iat` (Unix seconds), as stored key-values.
@@ -104,6 +218,14 @@ pub fn read(get: impl Fn(&'static str) -> Option<String>) -> Result<Identities, 
             ],
         },
         creds: value(keys::CONVEYOR_CREDS)?,
+        issuer: Issuer {
+            account_name: jwt::claims(&value(keys::ACCOUNT_JWT)?)
+                .and_then(|c| c["name"].as_str().map(str::to_string))
+                .ok_or(Error::Missing(keys::ACCOUNT_JWT))?,
+            account_seed: value(keys::ACCOUNT_SEED)?,
+            operator_seed: value(keys::OPERATOR_SEED)?,
+            system_account_seed: value(keys::SYSTEM_ACCOUNT_SEED)?,
+        },
     })
 }
 
@@ -128,6 +250,31 @@ mod tests {
                 "{seed} must not reach the configuration"
             );
         }
+    }
+
+    #[test]
+    fn a_subscriptions_user_is_derived_and_limited_to_its_consumer() {
+        let stored = generate("events", 1_800_000_000).unwrap();
+        let issuer = read(|k| stored.get(k).cloned()).unwrap().issuer;
+        assert_eq!(issuer.account_name, "events");
+        let a = issuer.subscription_key("sub_shop_a").unwrap().public_key();
+        assert_eq!(
+            a,
+            issuer.subscription_key("sub_shop_a").unwrap().public_key()
+        );
+        assert_ne!(
+            a,
+            issuer.subscription_key("sub_shop_b").unwrap().public_key()
+        );
+        assert!(a.starts_with('U'));
+        let p = subscription_permissions("topic_shop_orders", "sub_shop_a");
+        assert!(
+            p.publish_allow
+                .iter()
+                .all(|s| s.contains("topic_shop_orders.sub_shop_a"))
+        );
+        assert_eq!(p.subscribe_allow, ["_INBOX_sub_shop_a.>"]);
+        assert!(!format!("{issuer:?}").contains(&issuer.account_seed));
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod dead_letters;
 pub mod identities;
 pub mod jwt;
 pub mod streams;
+pub mod users;
 
 use connection::Connection;
 
@@ -88,8 +89,8 @@ impl BrokerConnection for Connection {
         Vec::new()
     }
 
-    fn issue_identity(&self, _: &ConsumerSpec, _: Option<&Credentials>) -> Issued {
-        Issued::Unavailable(UNISOLATED.into())
+    fn issue_identity(&self, spec: &ConsumerSpec, previous: Option<&Credentials>) -> Issued {
+        Connection::issue_identity(self, spec, previous)
     }
 
     fn ensure_identity<'a>(
@@ -97,13 +98,14 @@ impl BrokerConnection for Connection {
         _: &'a ConsumerSpec,
         _: &'a Credentials,
     ) -> BoxFuture<'a, Result<SyncOutcome<()>, EngineError>> {
-        Box::pin(async { Ok(SyncOutcome::Missing) })
+        // A signed JWT needs nothing in the servers.
+        Box::pin(async { Ok(SyncOutcome::Unchanged(())) })
     }
 
-    fn revoke_identity<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<bool, EngineError>> {
-        Box::pin(async { Ok(false) })
+    fn revoke_identity<'a>(
+        &'a self,
+        consumer: &'a str,
+    ) -> BoxFuture<'a, Result<bool, EngineError>> {
+        Box::pin(Connection::revoke_identity(self, consumer))
     }
 }
-
-/// What isolation a NATS subscription has while Conveyor issues no NATS identities.
-const UNISOLATED: &str = "Conveyor does not issue NATS identities per subscription yet: the Secret carries no credentials, and the consumer connects with credentials of its own, isolated only as far as the NATS server's own configuration makes it";

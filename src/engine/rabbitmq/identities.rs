@@ -71,7 +71,11 @@ impl RabbitConnection {
         spec: &ConsumerSpec,
         credentials: &Credentials,
     ) -> Result<SyncOutcome<()>, EngineError> {
-        let Credentials::UserPassword { user, password } = credentials;
+        let Credentials::UserPassword { user, password } = credentials else {
+            return Err(EngineError::Request(
+                "RabbitMQ takes a user name and password".into(),
+            ));
+        };
         let api = &self.api;
         let wanted = permissions(spec);
         let mut changed = Vec::new();

@@ -63,6 +63,7 @@ impl ManagedEngine for NatsManaged {
             auth: ids
                 .as_ref()
                 .map_or(Auth::None, |i| Auth::CredentialsFile(i.creds.clone())),
+            issuer: ids.as_ref().map(|i| i.issuer.clone()),
             ca_pem: input.ca_pem.clone(),
             // The servers are ours and advertise only their own pods.
             only_listed_urls: false,

@@ -189,6 +189,7 @@ impl ManagedEngine for RabbitmqManaged {
             auth: Auth::UserPassword(CONVEYOR_USER.into(), password.clone()),
             ca_pem: input.ca_pem.clone(),
             only_listed_urls: true,
+            issuer: None,
         };
         let objects = ManagedObjects {
             config_map: config_map(&plan),

@@ -42,6 +42,8 @@
 //! Users' credentials reach clients as a *creds file* ([`creds_file`]), the format read by
 //! `nats` CLI and client libraries (`async_nats::ConnectOptions::with_credentials`).
 
+use std::collections::BTreeMap;
+
 use data_encoding::{BASE32_NOPAD, BASE64URL_NOPAD};
 use serde::Serialize;
 use sha2::{Digest, Sha512_256};
@@ -264,6 +266,26 @@ pub fn account_jwt(
     limits: AccountLimits,
     iat: i64,
 ) -> Result<String, Error> {
+    account_jwt_revoking(
+        operator,
+        account_public,
+        name,
+        limits,
+        &BTreeMap::new(),
+        iat,
+    )
+}
+
+/// Mints an account JWT that refuses the user JWTs in `revocations` (user public key to the
+/// Unix time at or before which its JWTs were issued).
+pub fn account_jwt_revoking(
+    operator: &KeyPair,
+    account_public: &str,
+    name: &str,
+    limits: AccountLimits,
+    revocations: &BTreeMap<String, i64>,
+    iat: i64,
+) -> Result<String, Error> {
     require_role(operator, Role::Operator, "issuer of an account JWT")?;
     require_public(account_public, Role::Account, "subject of an account JWT")?;
     let js = match limits.jetstream {
@@ -295,6 +317,7 @@ pub fn account_jwt(
         },
         default_permissions: PermissionsJson::default(),
         authorization: Empty {},
+        revocations,
         kind: Role::Account.as_str(),
         version: CLAIMS_VERSION,
     };
@@ -425,6 +448,9 @@ struct AccountNats<'a> {
     limits: OperatorLimitsJson,
     default_permissions: PermissionsJson<'a>,
     authorization: Empty,
+    /// User public keys whose JWTs issued at or before the time (Unix seconds) are refused.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    revocations: &'a BTreeMap<String, i64>,
     #[serde(rename = "type")]
     kind: &'static str,
     version: u8,
@@ -482,6 +508,14 @@ struct Empty {}
 
 fn is_zero(v: &i64) -> bool {
     *v == 0
+}
+
+/// The claims of a JWT, without checking its signature: for reading back what Conveyor (or the
+/// server, which checked it) holds.
+pub fn claims(jwt: &str) -> Option<serde_json::Value> {
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = BASE64URL_NOPAD.decode(payload.as_bytes()).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// Signs claims about `subject` with `issuer`, computing `jti` as the Go library does.
