@@ -416,10 +416,27 @@ async fn a_topic_in_another_namespace_admits_only_the_namespaces_it_lists(engine
     let got = env.broker.drain_consumer(&topic, &consumer).await;
     assert_eq!(got.len(), 10);
 
-    // Unlisted again: refused again. Deleting the subscription still removes its consumer.
+    // Unlisted again: refused again, and on RabbitMQ its credentials are revoked (the
+    // consumer and its queue stay); listed once more, it gets working credentials back.
     patch_spec(&env.topics, "orders", json!({"allowedNamespaces": null})).await;
     let (reason, _) = wait_condition(&subs, "billing", "ResolvedRefs", "False", T).await;
     assert_eq!(reason, "RefNotPermitted");
+    if engine == EngineKind::Rabbitmq {
+        let (reason, _) = wait_condition(&subs, "billing", "Isolated", "False", T).await;
+        assert_eq!(reason, "RefNotPermitted");
+        let settings = common::amqp::values(&secrets.get("billing-consumer").await.unwrap());
+        assert!(common::amqp::connect(&settings).await.is_err());
+        assert!(env.broker.consumer_exists(&topic, &consumer).await);
+        patch_spec(
+            &env.topics,
+            "orders",
+            json!({"allowedNamespaces": [other.name]}),
+        )
+        .await;
+        wait_condition(&subs, "billing", "Isolated", "True", T).await;
+        let settings = common::amqp::values(&secrets.get("billing-consumer").await.unwrap());
+        common::amqp::connect(&settings).await.unwrap();
+    }
     subs.delete("billing", &DeleteParams::default())
         .await
         .unwrap();

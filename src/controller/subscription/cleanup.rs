@@ -9,6 +9,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 
 use crate::api::EventSubscription;
+use crate::api::conditions::{self, ConditionType, Desired, Reason};
 use crate::controller::context::Context;
 use crate::controller::driver::publish;
 use crate::controller::error::Result;
@@ -46,6 +47,39 @@ async fn placement(
             source.name_in_broker(),
         )
     }))
+}
+
+/// When the source no longer admits the subscription's namespace, its broker identity is
+/// revoked (its consumer and what it holds stay): `Isolated=False reason=RefNotPermitted`
+/// once done, `None` when there was nothing to revoke or the broker cannot be reached now.
+pub async fn revoke_withdrawn(obj: &EventSubscription, ctx: &Context) -> Result<Option<Desired>> {
+    let status = obj.status.as_ref();
+    let isolated = status
+        .map(|s| conditions::is_true(&s.conditions, ConditionType::Isolated))
+        .unwrap_or(false);
+    if !isolated {
+        return Ok(None);
+    }
+    let Some((name, broker_ref, _)) = placement(obj, ctx).await? else {
+        return Ok(None);
+    };
+    let ns = broker_ref.namespace.clone().unwrap_or_default();
+    let Ok(broker) = refs::broker(ctx, &ns, &broker_ref).await? else {
+        return Ok(None);
+    };
+    let Link::Connected(conn) = link(ctx, &broker) else {
+        return Ok(None);
+    };
+    conn.revoke_identity(&name).await?;
+    let note = format!(
+        "the source no longer admits this namespace: revoked the broker identity of consumer {name}"
+    );
+    publish(ctx, obj, EventType::Normal, "IdentityRevoked", note.clone()).await;
+    Ok(Some(Desired::is_false(
+        ConditionType::Isolated,
+        Reason::RefNotPermitted,
+        note,
+    )))
 }
 
 pub async fn delete_consumer(obj: Arc<EventSubscription>, ctx: Arc<Context>) -> Result<Action> {

@@ -235,10 +235,13 @@ async fn sync(obj: &EventSubscription, ctx: &Context) -> Result<Pass> {
                 missing.reason,
                 missing.message.clone(),
             );
-            return Ok(Pass::waiting(
-                vec![missing, consumer, ready],
-                MISSING_REF_RETRY,
-            ));
+            let mut conditions = vec![missing, consumer, ready];
+            if conditions[0].reason == Reason::RefNotPermitted
+                && let Some(revoked) = cleanup::revoke_withdrawn(obj, ctx).await?
+            {
+                conditions.push(revoked);
+            }
+            return Ok(Pass::waiting(conditions, MISSING_REF_RETRY));
         }
     };
     if let Some(not_ready) = source_not_ready(&source) {

@@ -10,6 +10,7 @@ use kube::api::Api;
 use kube::{Resource, ResourceExt};
 
 use crate::api::broker::Engine;
+use crate::api::conditions::{self, ConditionType, Reason};
 use crate::api::{Broker, EventSubscription};
 use crate::controller::apply::apply;
 use crate::controller::context::Context;
@@ -179,9 +180,15 @@ pub async fn apply_workload(
     };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let existing = secrets.get_opt(&consumer::secret_name(&name)).await?;
+    // Credentials revoked when the source stopped admitting this namespace are issued anew.
+    let revoked = sub
+        .status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, ConditionType::Isolated))
+        .is_some_and(|c| c.reason == Reason::RefNotPermitted.as_str());
     let previous = existing
         .as_ref()
-        .filter(|s| controlled_by(*s, sub))
+        .filter(|s| controlled_by(*s, sub) && !revoked)
         .and_then(previous_credentials);
     let issued = conn.issue_identity(spec, previous.as_ref());
     let credentials = match &issued {
