@@ -38,6 +38,21 @@ pub struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    /// `up` or `down`.
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BrokerRequest {
+    /// `nats` or `rabbitmq`.
+    pub engine: &'static str,
+    /// `listing` (every consumer of a source) or `arrivals` (the cheap sign of new work).
+    pub request: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabel {
     pub method: String,
 }
@@ -52,6 +67,10 @@ pub struct Metrics {
     pub destination_checks: Family<KindSource, Counter>,
     pub broker_listings: Family<OutcomeLabel, Counter>,
     pub api_requests: Family<MethodLabel, Counter>,
+    pub scale_decisions: Family<DirectionLabel, Counter>,
+    pub observation_seconds: Histogram,
+    pub autoscaler_broker_requests: Family<BrokerRequest, Counter>,
+    pub backlog_unknown: Counter,
 }
 
 impl Default for Metrics {
@@ -101,8 +120,38 @@ impl Default for Metrics {
             "Requests the controllers sent to the Kubernetes API server, by HTTP method (the leader election's own client is not counted)",
             api_requests.clone(),
         );
+        let scale_decisions = Family::<DirectionLabel, Counter>::default();
+        registry.register(
+            "scale_writes",
+            "Replica changes the autoscaler wrote to workloads' scale, by direction",
+            scale_decisions.clone(),
+        );
+        let observation_seconds = Histogram::new([
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+        ]);
+        registry.register(
+            "autoscaler_observation_seconds",
+            "Time one autoscaler observation of a Broker took (arrivals and listings)",
+            observation_seconds.clone(),
+        );
+        let autoscaler_broker_requests = Family::<BrokerRequest, Counter>::default();
+        registry.register(
+            "autoscaler_broker_requests",
+            "Requests the autoscaler sent to brokers, by engine, kind and outcome",
+            autoscaler_broker_requests.clone(),
+        );
+        let backlog_unknown = Counter::default();
+        registry.register(
+            "autoscaler_backlog_unknown",
+            "Observations of a subscription whose backlog could not be read (replicas held)",
+            backlog_unknown.clone(),
+        );
         Self {
             registry,
+            scale_decisions,
+            observation_seconds,
+            autoscaler_broker_requests,
+            backlog_unknown,
             reconciles,
             errors,
             duration,

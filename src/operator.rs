@@ -12,6 +12,7 @@ use kube::api::{Api, ListParams};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{Broker, EventSubscription, Queue, Topic};
+use crate::autoscale;
 use crate::clients::{self, RateLimit};
 use crate::controller::context::scopes;
 use crate::controller::driver::{self, Reconcile};
@@ -20,6 +21,12 @@ use crate::controller::{broker, stream};
 use crate::leader::{Leadership, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::server::{self, Readiness};
+
+/// The autoscaler client's limit on requests to the API server.
+const AUTOSCALER_RATE_LIMIT: RateLimit = RateLimit {
+    qps: 1000.0,
+    burst: 2000,
+};
 
 /// Number of kinds with a controller.
 const KINDS: usize = 4;
@@ -83,6 +90,13 @@ pub async fn run(kube_config: kube::Config, cfg: RunConfig) -> Result<(), RunErr
         cfg.rate_limit,
         metrics.api_requests.clone(),
     )?;
+    // The autoscaler's own client: a burst of scale writes (0 -> N on a thousand workloads
+    // at once) must not queue behind the reconcilers, nor they behind it.
+    let scaler_client = clients::limited(
+        kube_config.clone(),
+        AUTOSCALER_RATE_LIMIT,
+        metrics.api_requests.clone(),
+    )?;
     let readiness = Arc::new(Readiness::default());
     let shutdown = CancellationToken::new();
     on_signal(shutdown.clone());
@@ -130,6 +144,7 @@ pub async fn run(kube_config: kube::Config, cfg: RunConfig) -> Result<(), RunErr
         Duration::from_secs(60),
     ));
     let refresher = tokio::spawn(stream::refresh::run(ctx.clone()));
+    let autoscaler = tokio::spawn(autoscale::run(ctx.clone(), scaler_client));
     let mut controllers = tokio::spawn(run_controllers(
         ctx,
         namespaces,
@@ -158,6 +173,7 @@ pub async fn run(kube_config: kube::Config, cfg: RunConfig) -> Result<(), RunErr
     metrics.leader.set(0);
     janitor.abort();
     refresher.abort();
+    autoscaler.abort();
     if lost {
         // Stop starting reconciles and let the running ones finish, briefly: another process
         // may already lead.

@@ -30,6 +30,9 @@ pub enum ConditionType {
     /// An EventSubscription has a broker identity of its own that may consume only from its
     /// consumer; otherwise the message says what isolation there is.
     Isolated,
+    /// An EventSubscription's workload is scaled from its observed backlog; otherwise the
+    /// message says why its replicas are held.
+    Scaling,
 }
 
 impl ConditionType {
@@ -45,6 +48,7 @@ impl ConditionType {
             Self::Supported => "Supported",
             Self::ConsumerReady => "ConsumerReady",
             Self::Isolated => "Isolated",
+            Self::Scaling => "Scaling",
         }
     }
 }
@@ -130,6 +134,16 @@ pub enum Reason {
     OwnIdentity,
     /// The broker cannot give the subscription an identity of its own.
     IdentityUnavailable,
+    /// The workload follows the observed backlog.
+    BacklogObserved,
+    /// `spec.scaling.paused`: the replicas are left as they are.
+    ScalingPaused,
+    /// The broker could not be asked for the backlog; the replicas are held.
+    BacklogUnknown,
+    /// The subscription's consumer is not in the broker; the replicas are held.
+    ConsumerMissing,
+    /// The scale subresource refused a write.
+    ScaleFailed,
 }
 
 impl Reason {
@@ -175,6 +189,11 @@ impl Reason {
             Self::SettingNotSupported => "SettingNotSupported",
             Self::OwnIdentity => "OwnIdentity",
             Self::IdentityUnavailable => "IdentityUnavailable",
+            Self::BacklogObserved => "BacklogObserved",
+            Self::ScalingPaused => "ScalingPaused",
+            Self::BacklogUnknown => "BacklogUnknown",
+            Self::ConsumerMissing => "ConsumerMissing",
+            Self::ScaleFailed => "ScaleFailed",
         }
     }
 }

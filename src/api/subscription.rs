@@ -34,6 +34,12 @@ use super::topic::EVENT_TYPE_PATTERN;
     printcolumn(name = "Workload", type_ = "string", json_path = ".status.workload"),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas"),
     printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        priority = 1,
+        json_path = ".status.desiredReplicas"
+    ),
+    printcolumn(
         name = "Consumer",
         type_ = "string",
         priority = 1,
@@ -343,4 +349,55 @@ pub struct EventSubscriptionStatus {
     /// Replicas of the consumer workload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i32>,
+    /// Acknowledgements per second across the workload's replicas, as a decimal (`12.5`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consume_rate: Option<String>,
+    /// The replicas the autoscaler wants the workload to have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<i32>,
+    /// When the autoscaler last changed the workload's replicas (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<String>,
+    /// Why the autoscaler last changed the workload's replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_reason: Option<String>,
+}
+
+impl EventSubscriptionStatus {
+    /// The status without what the autoscaler writes (the figures, the replicas, the last
+    /// scale and the `Scaling` condition): the part the reconciler owns.
+    pub fn without_autoscaler_fields(&self) -> Self {
+        let mut s = self.clone();
+        s.pending = None;
+        s.in_flight = None;
+        s.backlog = None;
+        s.replicas = None;
+        s.consume_rate = None;
+        s.desired_replicas = None;
+        s.last_scale_time = None;
+        s.last_scale_reason = None;
+        s.conditions.retain(|c| c.type_ != "Scaling");
+        s
+    }
+
+    /// Only what the autoscaler writes.
+    pub fn autoscaler_fields(&self) -> Self {
+        Self {
+            conditions: self
+                .conditions
+                .iter()
+                .filter(|c| c.type_ == "Scaling")
+                .cloned()
+                .collect(),
+            pending: self.pending,
+            in_flight: self.in_flight,
+            backlog: self.backlog,
+            replicas: self.replicas,
+            consume_rate: self.consume_rate.clone(),
+            desired_replicas: self.desired_replicas,
+            last_scale_time: self.last_scale_time.clone(),
+            last_scale_reason: self.last_scale_reason.clone(),
+            ..Self::default()
+        }
+    }
 }

@@ -79,3 +79,27 @@ pub struct ConsumerTarget {
 pub fn dead_letter_name(consumer: &str) -> String {
     format!("{consumer}_dead")
 }
+
+/// A consumer's figures as the autoscaler reads them from a batched listing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConsumerDepth {
+    /// Messages not yet delivered to the consumer.
+    pub pending: u64,
+    /// Messages delivered and not yet acknowledged.
+    pub in_flight: u64,
+    /// A counter of acknowledged deliveries, for the consume rate, where the broker keeps one
+    /// (NATS: the consumer's acknowledgement floor; RabbitMQ: the queue's `ack` statistic).
+    pub acknowledged: Option<u64>,
+}
+
+/// A cheap, fresh sign of new work, for consumers whose workload is at zero replicas.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Arrivals {
+    /// Per source, a mark that changes whenever a message arrives (NATS: the stream's last
+    /// sequence): a changed mark means the source's consumers should be listed now.
+    Marks(std::collections::HashMap<String, u64>),
+    /// Per consumer, its pending count, fresh from the broker.
+    Pending(std::collections::HashMap<String, u64>),
+    /// The engine has no such sign: the batched listing is all there is.
+    Unavailable,
+}

@@ -21,8 +21,13 @@ use std::pin::Pin;
 use std::time::Duration;
 
 pub use crate::api::broker::Engine;
-pub use consumers::{ConsumerSpec, ConsumerState, ConsumerTarget, StartFrom};
+pub use consumers::{
+    Arrivals, ConsumerDepth, ConsumerSpec, ConsumerState, ConsumerTarget, StartFrom,
+};
 pub use identities::{Credentials, Issued};
+
+/// Consumers' figures by consumer name.
+pub type ConsumerDepths = std::collections::HashMap<String, ConsumerDepth>;
 
 /// A future an engine returns; boxed so that connections can be held as trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -341,4 +346,21 @@ pub trait BrokerConnection: Send + Sync {
     /// refused. False when there was none of Conveyor's.
     fn revoke_identity<'a>(&'a self, consumer: &'a str)
     -> BoxFuture<'a, Result<bool, EngineError>>;
+
+    /// The figures of every consumer reading from `sources` (names in the broker), keyed by
+    /// consumer name, in as few requests as the broker allows: NATS lists each stream's
+    /// consumers (paged); RabbitMQ lists the virtual host's queues once (figures as fresh as
+    /// its statistics interval). A source that does not exist contributes nothing.
+    fn consumer_depths<'a>(
+        &'a self,
+        sources: &'a [String],
+    ) -> BoxFuture<'a, Result<ConsumerDepths, EngineError>>;
+
+    /// A cheap, fresh sign of new work in `sources`, asked for the consumers (`consumers`)
+    /// whose workloads are at zero replicas.
+    fn arrivals<'a>(
+        &'a self,
+        sources: &'a [String],
+        consumers: &'a [String],
+    ) -> BoxFuture<'a, Result<Arrivals, EngineError>>;
 }

@@ -551,3 +551,90 @@ impl TestBroker {
         .await
     }
 }
+
+/// Messages taken from a consumer and not acknowledged: in flight until `ack_all`.
+pub enum Held {
+    Nats(Vec<jetstream::Message>),
+    /// The connection and channel the deliveries came on stay open while they are held.
+    Rabbitmq(
+        Box<(lapin::Connection, lapin::Channel)>,
+        Vec<lapin::message::Delivery>,
+    ),
+}
+
+impl Held {
+    /// Acknowledges every held message.
+    pub async fn ack_all(self) {
+        match self {
+            Self::Nats(messages) => {
+                // Acknowledged and confirmed by the server before the client goes away.
+                for m in messages {
+                    m.double_ack().await.unwrap();
+                }
+            }
+            Self::Rabbitmq(_channel, deliveries) => {
+                for d in deliveries {
+                    d.ack(lapin::options::BasicAckOptions::default())
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+    }
+}
+
+impl TestBroker {
+    /// Takes `n` messages with the subscription's own credentials (its Secret's `settings`)
+    /// and holds them unacknowledged, as a busy consumer would.
+    pub async fn hold_in_flight(&self, settings: &BTreeMap<String, String>, n: usize) -> Held {
+        use futures::StreamExt;
+        match self {
+            Self::Nats { .. } => {
+                let client = async_nats::connect(&settings["CONVEYOR_URLS"])
+                    .await
+                    .unwrap();
+                let js = jetstream::new(client);
+                let consumer: jetstream::consumer::PullConsumer = js
+                    .get_consumer_from_stream(
+                        &settings["CONVEYOR_CONSUMER"],
+                        &settings["CONVEYOR_SOURCE"],
+                    )
+                    .await
+                    .unwrap();
+                let mut held = Vec::new();
+                while held.len() < n {
+                    let mut batch = consumer
+                        .fetch()
+                        .max_messages(n - held.len())
+                        .expires(Duration::from_secs(2))
+                        .messages()
+                        .await
+                        .unwrap();
+                    while let Some(m) = batch.next().await {
+                        held.push(m.unwrap());
+                    }
+                }
+                Held::Nats(held)
+            }
+            Self::Rabbitmq(_) => {
+                let conn = super::amqp::connect(settings).await.unwrap();
+                let ch = conn.create_channel().await.unwrap();
+                ch.basic_qos(n as u16, Default::default()).await.unwrap();
+                let mut consumer = ch
+                    .basic_consume(
+                        &settings["CONVEYOR_CONSUMER"],
+                        "held",
+                        Default::default(),
+                        Default::default(),
+                    )
+                    .await
+                    .unwrap();
+                let mut held = Vec::new();
+                while held.len() < n {
+                    held.push(consumer.next().await.unwrap().unwrap());
+                }
+                Held::Rabbitmq(Box::new((conn, ch)), held)
+            }
+        }
+    }
+}

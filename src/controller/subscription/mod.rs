@@ -73,8 +73,6 @@ struct Pass {
     /// The Broker (`namespace/name`) and source name in it, once the consumer is in the broker.
     placed: Option<(String, String)>,
     requeue: Duration,
-    /// Replicas of the consumer workload, when it exists.
-    replicas: Option<i32>,
     /// A broker failure: written to status, then returned so that it is counted and backs off.
     error: Option<Error>,
 }
@@ -86,7 +84,6 @@ impl Pass {
             state: None,
             placed: None,
             requeue,
-            replicas: None,
             error: None,
         }
     }
@@ -304,30 +301,29 @@ async fn sync(obj: &EventSubscription, ctx: &Context) -> Result<Pass> {
     // The workload's Secret names the consumer: only once the consumer is there. A failure
     // is returned after the status (which records the consumer) is written.
     let mut conditions = vec![refs::resolved(), consumer, ready, supported];
-    let (replicas, error) = match state {
+    let error = match state {
         Some(_) => match workload::apply_workload(obj, ctx, &broker, &*conn, &wanted).await {
-            Ok(workload::Workload::Applied(issued, replicas)) => {
+            Ok(workload::Workload::Applied(issued)) => {
                 let isolation = identity::ensure(obj, ctx, &*conn, &wanted, &issued).await;
                 conditions.push(isolation.condition);
                 if let Some(not_ready) = isolation.not_ready {
                     conditions[2] = not_ready;
                 }
-                (replicas, isolation.error)
+                isolation.error
             }
             Ok(workload::Workload::Conflict(why)) => {
                 conditions[2] = Desired::is_false(ConditionType::Ready, Reason::Conflict, why);
-                (None, None)
+                None
             }
-            Err(e) => (None, Some(e)),
+            Err(e) => Some(e),
         },
-        None => (None, None),
+        None => None,
     };
     Ok(Pass {
         conditions,
         state,
         placed,
         requeue: ctx.config.resync,
-        replicas,
         error,
     })
 }
@@ -426,14 +422,16 @@ async fn report(
     publish(ctx, obj, kind, reason, note).await;
 }
 
+/// Writes the reconciler's part of the status. The figures (pending, in flight, backlog), the
+/// replicas and the `Scaling` condition are the autoscaler's: it reads them from the broker
+/// far more often, under a field manager of its own.
 async fn write_status(obj: &EventSubscription, ctx: &Context, pass: &Pass) -> Result<()> {
-    let old = obj.status.as_ref();
-    let prev = old.cloned().unwrap_or_default();
+    let old = obj
+        .status
+        .as_ref()
+        .map(EventSubscriptionStatus::without_autoscaler_fields);
+    let prev = old.clone().unwrap_or_default();
     let generation = obj.metadata.generation;
-    let figure = |f: fn(&ConsumerState) -> u64, prev: Option<i64>| match pass.state {
-        Some(s) => Some(f(&s) as i64),
-        None => prev,
-    };
     let (broker, source_in_broker) = match &pass.placed {
         Some((b, s)) => (Some(b.clone()), Some(s.clone())),
         None => (prev.broker.clone(), prev.source_in_broker.clone()),
@@ -441,7 +439,7 @@ async fn write_status(obj: &EventSubscription, ctx: &Context, pass: &Pass) -> Re
     let new = EventSubscriptionStatus {
         observed_generation: generation,
         conditions: merge(
-            old.map(|s| &s.conditions[..]).unwrap_or_default(),
+            &prev.conditions,
             &pass.conditions,
             generation,
             Timestamp::now(),
@@ -453,9 +451,6 @@ async fn write_status(obj: &EventSubscription, ctx: &Context, pass: &Pass) -> Re
         },
         broker,
         source_in_broker,
-        pending: figure(|s| s.pending, prev.pending),
-        in_flight: figure(|s| s.in_flight, prev.in_flight),
-        backlog: figure(|s| s.backlog(), prev.backlog),
         dead_letters: match pass.state {
             Some(s) => s.dead_letters.map(|n| n as i64),
             None => prev.dead_letters,
@@ -467,9 +462,9 @@ async fn write_status(obj: &EventSubscription, ctx: &Context, pass: &Pass) -> Re
             None => prev.dead_letter_destination.clone(),
         },
         workload: workload_label(obj),
-        replicas: pass.replicas.or(prev.replicas),
+        ..Default::default()
     };
-    apply_status(&api_for(&ctx.client, obj), obj, old, &new).await?;
+    apply_status(&api_for(&ctx.client, obj), obj, old.as_ref(), &new).await?;
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! A subscription's workload: the Secret with its connection settings (always), and for
-//! `consumer.template` the Deployment Conveyor owns. A `workloadRef` Deployment is only read
-//! (for its replicas), never written.
+//! `consumer.template` the Deployment Conveyor owns. A `workloadRef` Deployment is never
+//! written here (the autoscaler writes only its scale).
 
 use std::collections::BTreeMap;
 
@@ -113,9 +113,8 @@ fn previous_credentials(secret: &Secret) -> Option<Credentials> {
 
 /// What applying the workload came to.
 pub enum Workload {
-    /// In place, with the subscription's credentials (or why it has none) in its Secret; the
-    /// workload's replicas when it exists.
-    Applied(Issued, Option<i32>),
+    /// In place, with the subscription's credentials (or why it has none) in its Secret.
+    Applied(Issued),
     /// An object of that name exists and is not this subscription's: left alone.
     Conflict(String),
 }
@@ -200,21 +199,13 @@ pub async fn apply_workload(
     if let Err(why) = apply_owned(ctx, &ns, sub, secret, existing).await? {
         return Ok(Workload::Conflict(why));
     }
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-    let deployment = match (&sub.spec.consumer.template, &sub.spec.consumer.workload_ref) {
-        (Some(template), _) => {
-            let d = consumer::deployment(&name, &ns, owner, template);
-            let existing = deployments.get_opt(&name).await?;
-            match apply_owned(ctx, &ns, sub, d, existing).await? {
-                Ok(d) => Some(d),
-                Err(why) => return Ok(Workload::Conflict(why)),
-            }
+    if let Some(template) = &sub.spec.consumer.template {
+        let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+        let d = consumer::deployment(&name, &ns, owner, template);
+        let existing = deployments.get_opt(&name).await?;
+        if let Err(why) = apply_owned(ctx, &ns, sub, d, existing).await? {
+            return Ok(Workload::Conflict(why));
         }
-        (None, Some(w)) => deployments.get_opt(&w.name).await?,
-        (None, None) => None,
-    };
-    Ok(Workload::Applied(
-        issued,
-        deployment.and_then(|d| d.spec.replicas),
-    ))
+    }
+    Ok(Workload::Applied(issued))
 }

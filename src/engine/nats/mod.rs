@@ -5,6 +5,7 @@
 pub mod connection;
 pub mod consumers;
 pub mod dead_letters;
+pub mod depth;
 pub mod identities;
 pub mod jwt;
 pub mod streams;
@@ -13,9 +14,9 @@ pub mod users;
 use connection::Connection;
 
 use super::{
-    BoxFuture, BrokerConnection, BrokerInfo, ConsumerSpec, ConsumerState, ConsumerTarget,
-    Credentials, DeleteWhen, Deletion, DestinationSpec, DestinationState, Engine, EngineError,
-    Issued, Listed, SyncMode, SyncOutcome, Target,
+    Arrivals, BoxFuture, BrokerConnection, BrokerInfo, ConsumerDepths, ConsumerSpec, ConsumerState,
+    ConsumerTarget, Credentials, DeleteWhen, Deletion, DestinationSpec, DestinationState, Engine,
+    EngineError, Issued, Listed, SyncMode, SyncOutcome, Target,
 };
 
 impl BrokerConnection for Connection {
@@ -107,5 +108,20 @@ impl BrokerConnection for Connection {
         consumer: &'a str,
     ) -> BoxFuture<'a, Result<bool, EngineError>> {
         Box::pin(Connection::revoke_identity(self, consumer))
+    }
+
+    fn consumer_depths<'a>(
+        &'a self,
+        sources: &'a [String],
+    ) -> BoxFuture<'a, Result<ConsumerDepths, EngineError>> {
+        Box::pin(Connection::consumer_depths(self, sources))
+    }
+
+    fn arrivals<'a>(
+        &'a self,
+        sources: &'a [String],
+        _consumers: &'a [String],
+    ) -> BoxFuture<'a, Result<Arrivals, EngineError>> {
+        Box::pin(Connection::arrivals(self, sources))
     }
 }

@@ -174,7 +174,7 @@ impl Connection {
     }
 
     /// The stream's info, or `None` when it does not exist.
-    async fn info_of(&self, name: &str) -> Result<Option<stream::Info>, EngineError> {
+    pub(super) async fn info_of(&self, name: &str) -> Result<Option<stream::Info>, EngineError> {
         self.require_connected()?;
         match self.js().get_stream(name).await {
             // get_stream already answered with the info: one request, not two.

@@ -8,6 +8,7 @@
 
 pub mod amqp;
 pub mod consumers;
+pub mod depth;
 pub mod destinations;
 pub mod identities;
 pub mod management;
@@ -21,9 +22,9 @@ use management::{ManagementClient, ManagementError};
 
 use super::registry::{Auth, ConnectRequest, Notifier};
 use super::{
-    BoxFuture, BrokerConnection, BrokerInfo, ConsumerSpec, ConsumerState, ConsumerTarget,
-    Credentials, DeleteWhen, Deletion, DestinationSpec, DestinationState, Engine, EngineError,
-    EngineFacts, Issued, Listed, SyncMode, SyncOutcome, Target,
+    Arrivals, BoxFuture, BrokerConnection, BrokerInfo, ConsumerDepths, ConsumerSpec, ConsumerState,
+    ConsumerTarget, Credentials, DeleteWhen, Deletion, DestinationSpec, DestinationState, Engine,
+    EngineError, EngineFacts, Issued, Listed, SyncMode, SyncOutcome, Target,
 };
 
 /// How often the watcher asks whether the management API answers.
@@ -262,5 +263,20 @@ impl BrokerConnection for RabbitConnection {
         consumer: &'a str,
     ) -> BoxFuture<'a, Result<bool, EngineError>> {
         Box::pin(RabbitConnection::revoke_identity(self, consumer))
+    }
+
+    fn consumer_depths<'a>(
+        &'a self,
+        _sources: &'a [String],
+    ) -> BoxFuture<'a, Result<ConsumerDepths, EngineError>> {
+        Box::pin(RabbitConnection::consumer_depths(self))
+    }
+
+    fn arrivals<'a>(
+        &'a self,
+        _sources: &'a [String],
+        _consumers: &'a [String],
+    ) -> BoxFuture<'a, Result<Arrivals, EngineError>> {
+        Box::pin(RabbitConnection::arrivals(self))
     }
 }

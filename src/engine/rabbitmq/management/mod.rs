@@ -207,6 +207,16 @@ impl ManagementClient {
         Ok(queues.into_iter().map(QueueInfo::fill_type).collect())
     }
 
+    /// Every queue of a vhost with only its depth figures and acknowledgement count, in one
+    /// request: what the autoscaler reads.
+    pub async fn queue_depths(&self, vhost: &str) -> Result<Vec<QueueDepth>> {
+        let path = format!(
+            "{}?columns=name,messages_ready,messages_unacknowledged,message_stats.ack",
+            api_path(&["queues", vhost])
+        );
+        self.get_required(&path).await
+    }
+
     /// Declares a queue (not auto-delete); true when it was created, false when an equivalent
     /// one existed. A differing existing queue is a 400 `Status` ("inequivalent arg"). A
     /// quorum queue declare cut off by the timeout may leave a broken queue: see `state`.

@@ -133,3 +133,16 @@ fn settings_are_checked() {
     assert_eq!(client.base, "http://127.0.0.1:15672");
     assert_eq!(client.auth.to_str().unwrap(), "Basic dTpw");
 }
+
+#[test]
+fn queue_depths_read_message_stats_as_an_object_or_an_empty_list() {
+    let listed: Vec<QueueDepth> = serde_json::from_str(
+        r#"[{"message_stats":[],"messages_ready":3,"messages_unacknowledged":0,"name":"a"},
+            {"message_stats":{"ack":7,"ack_details":{"rate":0.0}},"messages_ready":0,"messages_unacknowledged":2,"name":"b"},
+            {"name":"c"}]"#,
+    )
+    .unwrap();
+    let acked: Vec<_> = listed.iter().map(QueueDepth::acknowledged).collect();
+    assert_eq!(acked, [None, Some(7), None]);
+    assert_eq!(listed[0].messages_ready, Some(3));
+}

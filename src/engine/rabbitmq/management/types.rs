@@ -54,6 +54,25 @@ pub struct QueueInfo {
     pub members: Option<Vec<String>>,
 }
 
+/// A queue's depth figures, as `queue_depths` lists them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct QueueDepth {
+    pub name: String,
+    pub messages_ready: Option<u64>,
+    pub messages_unacknowledged: Option<u64>,
+    /// Cumulative counters; RabbitMQ 3.10 sends `[]` rather than an object before the first
+    /// acknowledgement, so it is read as any value.
+    #[serde(default)]
+    pub message_stats: Option<Value>,
+}
+
+impl QueueDepth {
+    /// Deliveries acknowledged since the queue was declared, once there were any.
+    pub fn acknowledged(&self) -> Option<u64> {
+        self.message_stats.as_ref()?.get("ack")?.as_u64()
+    }
+}
+
 impl QueueInfo {
     pub(super) fn fill_type(mut self) -> Self {
         if self.queue_type.is_none() {
