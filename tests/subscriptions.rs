@@ -59,7 +59,9 @@ async fn a_filtered_subscription_receives_exactly_its_event_types(engine: Engine
         json!({
             "topicRef": {"name": "orders"},
             "filter": {"eventTypes": ["OrderPlaced"]},
-            "consumer": {"workloadRef": {"name": "payment"}}
+            "consumer": {"workloadRef": {"name": "payment"}},
+            // Paused: not even the scale is written, so the Deployment stays as it was.
+            "scaling": {"paused": true}
         }),
     )
     .await;
@@ -119,7 +121,8 @@ async fn a_filtered_subscription_receives_exactly_its_event_types(engine: Engine
     assert!(
         !managers
             .iter()
-            .any(|m| m == conveyor::controller::FIELD_MANAGER),
+            .any(|m| m == conveyor::controller::FIELD_MANAGER
+                || m == conveyor::autoscale::FIELD_MANAGER),
         "{managers:?}"
     );
     assert!(

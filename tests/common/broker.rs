@@ -152,6 +152,14 @@ impl TestBroker {
         }
     }
 
+    /// The NATS server and an admin JetStream context, on NATS.
+    pub fn nats(&self) -> Option<(&NatsServer, &jetstream::Context)> {
+        match self {
+            Self::Nats { server, js } => Some((server, js)),
+            Self::Rabbitmq(_) => None,
+        }
+    }
+
     pub fn engine(&self) -> EngineKind {
         match self {
             Self::Nats { .. } => EngineKind::Nats,

@@ -16,6 +16,8 @@ pub struct NatsServer {
     dir: tempfile::TempDir,
     pub port: u16,
     pub url: String,
+    /// The monitoring endpoint (`/varz`, `/jsz`), which KEDA's NATS trigger polls.
+    pub monitor_url: String,
 }
 
 impl NatsServer {
@@ -27,10 +29,19 @@ impl NatsServer {
             return None;
         };
         let dir = tempfile::TempDir::new().unwrap();
-        let port = free_port();
-        let mut args: Vec<String> = ["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"]
-            .map(String::from)
-            .to_vec();
+        let (port, monitor) = (free_port(), free_port());
+        let mut args: Vec<String> = [
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-m",
+            &monitor.to_string(),
+            "-sd",
+        ]
+        .map(String::from)
+        .to_vec();
         args.push(dir.path().join("js").display().to_string());
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut s = Self {
@@ -40,6 +51,7 @@ impl NatsServer {
             dir,
             port,
             url: format!("nats://127.0.0.1:{port}"),
+            monitor_url: format!("http://127.0.0.1:{monitor}"),
         };
         s.spawn();
         Some(s)

@@ -1,0 +1,765 @@
+//! Autoscaling, measured side by side with KEDA on the same plane and the same nats-server.
+//!
+//! 1,000 EventSubscriptions (`CONVEYOR_AUTOSCALE_COUNT`) over 10 Topics, each filtered on an
+//! event type of its own and scaling a Deployment of its own (`workloadRef`, starting at zero).
+//! Conveyor, with its production defaults:
+//! - broker load with everything idle (nats-server CPU, the autoscaler's broker requests);
+//! - reaction: a burst of 500 events to one subscription at zero, from the last publish
+//!   acknowledgement to the Deployment's replica change seen by a watch, and the value it
+//!   went to (`CONVEYOR_AUTOSCALE_TRIALS` trials, p50 and p99);
+//! - many at once: one event to each of 100 and then all subscriptions in the same second, until
+//!   every workload is scaled; broker load with that backlog;
+//! - the operator's resident memory.
+//!
+//! Then, with Conveyor's operator stopped and the same consumers, KEDA's keda-operator
+//! (`CONVEYOR_KEDA_BIN`, from `hack/keda.sh build`; skipped when unset) with one ScaledObject per
+//! subscription for the first `CONVEYOR_AUTOSCALE_KEDA_COUNT` (100) of them, on their own
+//! Deployments: a baseline with no autoscaler, its broker load at a 1 s and a 30 s polling
+//! interval, its reaction at both intervals (`CONVEYOR_AUTOSCALE_KEDA_TRIALS`,
+//! `CONVEYOR_AUTOSCALE_KEDA_SLOW_TRIALS`), 100 activated at once at 1 s, and its memory.
+//!
+//! Run with `hack/bench-autoscale.sh`. Under `cargo test` it makes a smoke run: 20
+//! subscriptions, 3 trials, short windows, no KEDA.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use common::broker::EngineKind;
+use common::streams::Env;
+use conveyor::api::EventSubscription;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::json;
+
+const TOPICS: usize = 10;
+const IN_FLIGHT: usize = 32;
+/// Events in one reaction trial's burst: 500 at 100 per replica asks for 5 replicas.
+const BURST: usize = 500;
+
+fn main() {
+    support::block_on(run());
+}
+
+/// Every replica change of every Deployment in the namespace, stamped when the watch saw it.
+#[derive(Clone, Default)]
+struct Replicas(Arc<Mutex<HashMap<String, Changes>>>);
+
+/// When a Deployment's replicas changed, and to what.
+type Changes = Vec<(Instant, i32)>;
+
+impl Replicas {
+    fn watch(&self, api: Api<Deployment>) -> tokio::task::JoinHandle<()> {
+        let seen = self.clone();
+        tokio::spawn(async move {
+            let stream = watcher(api, watcher::Config::default()).applied_objects();
+            let mut stream = std::pin::pin!(stream);
+            while let Some(Ok(d)) = stream.next().await {
+                let now = Instant::now();
+                let name = d.metadata.name.clone().unwrap_or_default();
+                let n = d.spec.replicas.unwrap_or(1);
+                let mut all = seen.0.lock().unwrap();
+                let changes = all.entry(name).or_default();
+                if changes.last().map(|(_, v)| *v) != Some(n) {
+                    changes.push((now, n));
+                }
+            }
+        })
+    }
+
+    fn current(&self, name: &str) -> Option<i32> {
+        let all = self.0.lock().unwrap();
+        all.get(name).and_then(|c| c.last()).map(|(_, v)| *v)
+    }
+
+    /// The first change of `name` above zero after `since`, if any.
+    fn first_change_after(&self, name: &str, since: Instant) -> Option<(Instant, i32)> {
+        let all = self.0.lock().unwrap();
+        all.get(name)?
+            .iter()
+            .find(|(at, v)| *at > since && *v > 0)
+            .copied()
+    }
+
+    fn changes_after(&self, name: &str, since: Instant) -> usize {
+        let all = self.0.lock().unwrap();
+        all.get(name)
+            .map_or(0, |c| c.iter().filter(|(at, _)| *at > since).count())
+    }
+
+    async fn wait(&self, names: &[String], timeout: Duration, ok: impl Fn(i32) -> bool) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if names.iter().all(|n| self.current(n).is_some_and(&ok)) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+}
+
+/// Creates `obj`, retrying until the API server takes it.
+async fn create<K>(api: &Api<K>, obj: serde_json::Value)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(obj).unwrap();
+    loop {
+        match api.create(&PostParams::default(), &obj).await {
+            Ok(_) => return,
+            Err(kube::Error::Api(s)) if s.code == 409 => return,
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+fn event_type(i: usize) -> String {
+    format!("S{:03}", i / TOPICS)
+}
+
+/// The NATS subject that only subscription `i` takes.
+fn subject(env: &Env, i: usize) -> String {
+    format!(
+        "{}.{}",
+        env.name_in_broker("topic", &format!("topic-{}", i % TOPICS)),
+        event_type(i)
+    )
+}
+
+fn stream_of(env: &Env, i: usize) -> String {
+    env.name_in_broker("topic", &format!("topic-{}", i % TOPICS))
+}
+
+fn consumer_of(env: &Env, i: usize) -> String {
+    env.name_in_broker("sub", &format!("sub-{i:04}"))
+}
+
+/// Publishes `count` events to each subject at once and waits for every acknowledgement: the
+/// time after the last.
+async fn publish(js: &jetstream::Context, subjects: &[String], count: usize) -> Instant {
+    let mut acks = Vec::new();
+    for s in subjects {
+        for _ in 0..count {
+            acks.push(js.publish(s.clone(), "{}".into()).await.unwrap());
+        }
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+    Instant::now()
+}
+
+/// Takes and acknowledges every message of the consumers (as their workloads would).
+async fn drain(js: &jetstream::Context, consumers: &[(String, String)]) {
+    futures::stream::iter(consumers)
+        .for_each_concurrent(IN_FLIGHT, |(stream, name)| async move {
+            let c: jetstream::consumer::PullConsumer =
+                js.get_consumer_from_stream(name, stream).await.unwrap();
+            loop {
+                let info = c.get_info().await.unwrap();
+                if info.num_pending == 0 && info.num_ack_pending == 0 {
+                    return;
+                }
+                let mut batch = c
+                    .fetch()
+                    .max_messages(1000)
+                    .expires(Duration::from_millis(500))
+                    .messages()
+                    .await
+                    .unwrap();
+                while let Some(Ok(m)) = batch.next().await {
+                    m.double_ack().await.unwrap();
+                }
+            }
+        })
+        .await;
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Reaction trials on `workload(i)` for subscriptions `0, 7, 14, ...`: seconds from the last
+/// publish acknowledgement to the replica change, and the values it went to.
+#[allow(clippy::too_many_arguments)]
+async fn reaction(
+    env: &Env,
+    js: &jetstream::Context,
+    replicas: &Replicas,
+    workload: impl Fn(usize) -> String,
+    count: usize,
+    trials: usize,
+    burst: usize,
+    back_to_zero: Duration,
+) -> (Vec<f64>, Vec<i32>, usize) {
+    let mut latencies = Vec::new();
+    let mut values = Vec::new();
+    let mut extra_writes = 0;
+    for t in 0..trials {
+        let i = (t * 7) % count;
+        let w = workload(i);
+        let ok = replicas
+            .wait(std::slice::from_ref(&w), back_to_zero, |n| n == 0)
+            .await;
+        assert!(ok, "{w} did not return to zero");
+        // Off any tick of the autoscaler under test.
+        let jitter = Duration::from_millis(((t * 397) % 1000) as u64);
+        tokio::time::sleep(jitter).await;
+        let before = Instant::now();
+        let acked = publish(js, &[subject(env, i)], burst).await;
+        let change = loop {
+            if let Some(c) = replicas.first_change_after(&w, before) {
+                break c;
+            }
+            assert!(
+                acked.elapsed() < Duration::from_secs(120),
+                "{w} never scaled"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        latencies.push(change.0.saturating_duration_since(acked).as_secs_f64());
+        // Hold the backlog a moment: a stepwise scaler would take further steps now.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        values.push(replicas.current(&w).unwrap_or(0));
+        extra_writes += replicas.changes_after(&w, before).saturating_sub(1);
+        drain(js, &[(stream_of(env, i), consumer_of(env, i))]).await;
+    }
+    latencies.sort_by(f64::total_cmp);
+    (latencies, values, extra_writes)
+}
+
+/// One event to each of the first `m` subscriptions at once: seconds until every workload is
+/// above zero (or how many were after `timeout`).
+async fn many_at_once(
+    env: &Env,
+    js: &jetstream::Context,
+    replicas: &Replicas,
+    workload: &impl Fn(usize) -> String,
+    m: usize,
+    timeout: Duration,
+) -> Result<f64, usize> {
+    let names: Vec<String> = (0..m).map(workload).collect();
+    let subjects: Vec<String> = (0..m).map(|i| subject(env, i)).collect();
+    let before = Instant::now();
+    let acked = publish(js, &subjects, 1).await;
+    if replicas.wait(&names, timeout, |n| n > 0).await {
+        let last = names
+            .iter()
+            .filter_map(|n| replicas.first_change_after(n, before))
+            .map(|(at, _)| at)
+            .max()
+            .unwrap();
+        Ok(last.saturating_duration_since(acked).as_secs_f64())
+    } else {
+        Err(names
+            .iter()
+            .filter(|n| replicas.current(n).is_some_and(|v| v > 0))
+            .count())
+    }
+}
+
+/// The CPU share of a core a process used over `window`.
+async fn cpu_share(pids: &[u32], window: Duration) -> Vec<f64> {
+    let before: Vec<_> = pids.iter().map(|p| support::cpu_time(*p)).collect();
+    tokio::time::sleep(window).await;
+    pids.iter()
+        .zip(before)
+        .map(|(p, b)| match (b, support::cpu_time(*p)) {
+            (Some(b), Some(a)) => 100.0 * (a - b).as_secs_f64() / window.as_secs_f64(),
+            _ => f64::NAN,
+        })
+        .collect()
+}
+
+fn varz_jsz_requests(monitor: &str) -> f64 {
+    let Ok(out) = std::process::Command::new("curl")
+        .args(["-fsS", &format!("{monitor}/varz")])
+        .output()
+    else {
+        return f64::NAN;
+    };
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["http_req_stats"]["/jsz"].as_f64().unwrap_or(0.0)
+}
+
+async fn run() {
+    let n = support::setting("CONVEYOR_AUTOSCALE_COUNT", 1000, 20) as usize;
+    let trials = support::setting("CONVEYOR_AUTOSCALE_TRIALS", 50, 3) as usize;
+    let window = Duration::from_secs(support::setting("CONVEYOR_AUTOSCALE_WINDOW_SECONDS", 60, 3));
+    let keda_count = support::setting("CONVEYOR_AUTOSCALE_KEDA_COUNT", 100, 0) as usize;
+    let keda_trials = support::setting("CONVEYOR_AUTOSCALE_KEDA_TRIALS", 50, 0) as usize;
+    let keda_slow_trials = support::setting("CONVEYOR_AUTOSCALE_KEDA_SLOW_TRIALS", 50, 0) as usize;
+    let Some(plane) = common::plane().await else {
+        return;
+    };
+    let client = plane.client.clone();
+    let ns = common::TestNamespace::create(&plane, "autoscale-bench").await;
+    let ns_name = ns.name.clone();
+    let lease = format!("conveyor-autoscale-{}", std::process::id());
+    let args = support::operator_args(&lease);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let Some(mut env) = Env::start(EngineKind::Nats, "autoscale-bench", plane, ns, &args).await
+    else {
+        return;
+    };
+    let (server, js) = env.broker.nats().expect("a NATS broker");
+    let (nats_pid, monitor, js) = (
+        server.pid().unwrap(),
+        server.monitor_url.clone(),
+        js.clone(),
+    );
+
+    let per_topic = n.div_ceil(TOPICS);
+    for t in 0..TOPICS {
+        let types: Vec<_> = (0..per_topic)
+            .map(|k| json!({"type": format!("S{k:03}")}))
+            .collect();
+        create(
+            &env.topics,
+            json!({
+                "apiVersion": "conveyor.dev/v1alpha1", "kind": "Topic",
+                "metadata": {"name": format!("topic-{t}")},
+                "spec": {"brokerRef": {"name": "events"}, "eventTypes": types, "deletionPolicy": "Delete"}
+            }),
+        )
+        .await;
+    }
+    for t in 0..TOPICS {
+        let name = format!("topic-{t}");
+        common::wait_condition(
+            &env.topics,
+            &name,
+            "Ready",
+            "True",
+            Duration::from_secs(120),
+        )
+        .await;
+    }
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns_name);
+    let deployment = |name: String| {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+            "spec": {
+                "replicas": 0,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {"containers": [{"name": "c", "image": "consumer:1"}]}
+                }
+            }
+        })
+    };
+    let replicas = Replicas::default();
+    let watch = replicas.watch(deployments.clone());
+    futures::stream::iter(0..n)
+        .for_each_concurrent(IN_FLIGHT, |i| {
+            let (deployments, d) = (deployments.clone(), deployment(format!("consumer-{i:04}")));
+            async move { create(&deployments, d).await }
+        })
+        .await;
+    let subs: Api<EventSubscription> = Api::namespaced(client.clone(), &ns_name);
+    futures::stream::iter(0..n)
+        .for_each_concurrent(IN_FLIGHT, |i| {
+            let subs = subs.clone();
+            async move {
+                create(
+                    &subs,
+                    json!({
+                        "apiVersion": "conveyor.dev/v1alpha1", "kind": "EventSubscription",
+                        "metadata": {"name": format!("sub-{i:04}")},
+                        "spec": {
+                            "topicRef": {"name": format!("topic-{}", i % TOPICS)},
+                            "filter": {"eventTypes": [event_type(i)]},
+                            "consumer": {"workloadRef": {"name": format!("consumer-{i:04}")}},
+                            "scaling": {"maxReplicas": 10, "targetBacklogPerReplica": 100,
+                                        "cooldown": "2s", "scaleDownStabilization": "2s"}
+                        }
+                    }),
+                )
+                .await;
+            }
+        })
+        .await;
+    let started = Instant::now();
+    loop {
+        let list = subs.list(&Default::default()).await.unwrap();
+        let scaling = list
+            .items
+            .iter()
+            .filter(|s| {
+                s.status.as_ref().is_some_and(|st| {
+                    st.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Scaling" && c.status == "True")
+                })
+            })
+            .count();
+        if scaling == n {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "{scaling}/{n} subscriptions scaling after 30 minutes"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    println!(
+        "autoscale: {n} subscriptions over {TOPICS} streams, all scaling {:.1} s after applying",
+        started.elapsed().as_secs_f64()
+    );
+
+    let op = env.op.as_ref().expect("operator");
+    let op_pid = op.child.id();
+    // Conveyor alone, everything idle.
+    let listings = op
+        .metric("conveyor_autoscaler_broker_requests_total", "listing")
+        .await;
+    let arrivals = op
+        .metric("conveyor_autoscaler_broker_requests_total", "arrivals")
+        .await;
+    let writes = support::api_writes(op).await;
+    let cpu = cpu_share(&[nats_pid, op_pid], window).await;
+    let secs = window.as_secs_f64();
+    let listings = (op
+        .metric("conveyor_autoscaler_broker_requests_total", "listing")
+        .await
+        - listings)
+        / secs;
+    let arrivals = (op
+        .metric("conveyor_autoscaler_broker_requests_total", "arrivals")
+        .await
+        - arrivals)
+        / secs;
+    let writes = support::api_writes(op).await - writes;
+    println!(
+        "autoscale: Conveyor, {n} idle subscriptions, {} s: nats-server {:.2} % of a core, operator {:.2} %; broker requests {listings:.1} listings/s and {arrivals:.1} stream infos/s; API writes {writes}",
+        window.as_secs(),
+        cpu[0],
+        cpu[1]
+    );
+
+    let conveyor_workload = |i: usize| format!("consumer-{i:04}");
+    let (lat, values, extra) = reaction(
+        &env,
+        &js,
+        &replicas,
+        conveyor_workload,
+        n,
+        trials,
+        BURST,
+        Duration::from_secs(60),
+    )
+    .await;
+    println!(
+        "autoscale: Conveyor reaction, {trials} trials of {BURST} events at zero with {n} subscriptions: p50 {:.3} s, p99 {:.3} s, max {:.3} s; went to {:?} replicas; further writes while the backlog stood: {extra}",
+        percentile(&lat, 50.0),
+        percentile(&lat, 99.0),
+        lat.last().copied().unwrap_or(f64::NAN),
+        values
+            .iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>()
+    );
+    for m in [100.min(n), n] {
+        replicas
+            .wait(
+                &(0..m).map(conveyor_workload).collect::<Vec<_>>(),
+                Duration::from_secs(120),
+                |v| v == 0,
+            )
+            .await;
+        let r = many_at_once(
+            &env,
+            &js,
+            &replicas,
+            &conveyor_workload,
+            m,
+            Duration::from_secs(120),
+        )
+        .await;
+        let load = if m == n {
+            let cpu = cpu_share(&[nats_pid, op_pid], window).await;
+            format!(
+                "; with that backlog standing, nats-server {:.2} % of a core, operator {:.2} %",
+                cpu[0], cpu[1]
+            )
+        } else {
+            String::new()
+        };
+        match r {
+            Ok(s) => println!(
+                "autoscale: Conveyor, one event to each of {m} subscriptions at once: all scaled {s:.3} s after the last acknowledgement{load}"
+            ),
+            Err(k) => println!(
+                "autoscale: Conveyor, one event to each of {m} subscriptions at once: {k} of {m} scaled within 120 s{load}"
+            ),
+        }
+        let consumers: Vec<_> = (0..m)
+            .map(|i| (stream_of(&env, i), consumer_of(&env, i)))
+            .collect();
+        drain(&js, &consumers).await;
+    }
+    println!(
+        "autoscale: Conveyor operator resident memory {}",
+        support::resident(op_pid)
+    );
+
+    if keda_count > 0 {
+        match std::env::var("CONVEYOR_KEDA_BIN") {
+            Ok(_) => {
+                keda(
+                    &mut env,
+                    &js,
+                    &replicas,
+                    nats_pid,
+                    &monitor,
+                    keda_count.min(n),
+                    keda_trials,
+                    keda_slow_trials,
+                    window,
+                )
+                .await
+            }
+            Err(_) => println!(
+                "autoscale: KEDA skipped: CONVEYOR_KEDA_BIN is unset (hack/bench-autoscale.sh sets it)"
+            ),
+        }
+    }
+
+    watch.abort();
+    let deleted = support::delete_namespace(&client, &ns_name, Duration::from_secs(1800)).await;
+    drop(env);
+    support::delete_lease(&client, &lease).await;
+    assert!(deleted.is_some(), "the namespace was not deleted");
+}
+
+/// KEDA on the same consumers, with Conveyor's operator stopped.
+#[allow(clippy::too_many_arguments)]
+async fn keda(
+    env: &mut Env,
+    js: &jetstream::Context,
+    replicas: &Replicas,
+    nats_pid: u32,
+    monitor: &str,
+    k: usize,
+    trials: usize,
+    slow_trials: usize,
+    window: Duration,
+) {
+    let client = env.plane.client.clone();
+    let ns = env.ns.name.clone();
+    env.stop_operator();
+    let cpu = cpu_share(&[nats_pid], window).await;
+    println!(
+        "autoscale: baseline, no autoscaler, {} s: nats-server {:.2} % of a core",
+        window.as_secs(),
+        cpu[0]
+    );
+
+    let dir = tempfile::TempDir::new().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/hack/keda.sh");
+    let started = std::process::Command::new(script)
+        .args(["start", &dir.path().display().to_string()])
+        .status()
+        .unwrap();
+    assert!(started.success(), "keda-operator did not start");
+    let keda_pid: u32 = std::fs::read_to_string(dir.path().join("keda-operator.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let metrics_port = std::fs::read_to_string(dir.path().join("metrics.port")).unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let scaled: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns,
+        &kube::api::ApiResource {
+            group: "keda.sh".into(),
+            version: "v1alpha1".into(),
+            api_version: "keda.sh/v1alpha1".into(),
+            kind: "ScaledObject".into(),
+            plural: "scaledobjects".into(),
+        },
+    );
+    let endpoint = monitor.trim_start_matches("http://").to_string();
+    let so = |i: usize, poll: u32| {
+        json!({
+            "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+            "metadata": {"name": format!("so-{i:04}")},
+            "spec": {
+                "scaleTargetRef": {"name": format!("keda-{i:04}")},
+                "pollingInterval": poll, "cooldownPeriod": 10,
+                "minReplicaCount": 0, "maxReplicaCount": 10,
+                "triggers": [{"type": "nats-jetstream", "metadata": {
+                    "natsServerMonitoringEndpoint": endpoint, "account": "$G",
+                    "stream": stream_of(env, i), "consumer": consumer_of(env, i),
+                    "lagThreshold": "100", "activationLagThreshold": "0"}}]
+            }
+        })
+    };
+    futures::stream::iter(0..k)
+        .for_each_concurrent(IN_FLIGHT, |i| {
+            let deployments = deployments.clone();
+            let name = format!("keda-{i:04}");
+            async move {
+                create(
+                    &deployments,
+                    json!({
+                        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+                        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": name}},
+                                 "template": {"metadata": {"labels": {"app": name}},
+                                              "spec": {"containers": [{"name": "c", "image": "consumer:1"}]}}}
+                    }),
+                )
+                .await
+            }
+        })
+        .await;
+    futures::stream::iter(0..k)
+        .for_each_concurrent(IN_FLIGHT, |i| {
+            let (scaled, obj) = (scaled.clone(), so(i, 1));
+            async move { create(&scaled, obj).await }
+        })
+        .await;
+    let ready = Instant::now();
+    loop {
+        let list = scaled.list(&Default::default()).await.unwrap();
+        let n = list
+            .items
+            .iter()
+            .filter(|o| {
+                o.data["status"]["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+            })
+            .count();
+        if n == k {
+            break;
+        }
+        assert!(
+            ready.elapsed() < Duration::from_secs(600),
+            "{n}/{k} ScaledObjects Ready"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    println!(
+        "autoscale: KEDA: {k} ScaledObjects Ready {:.1} s after applying",
+        ready.elapsed().as_secs_f64()
+    );
+
+    let keda_workload = |i: usize| format!("keda-{i:04}");
+    for (poll, trials) in [(1u32, trials), (30, slow_trials)] {
+        if poll == 30 {
+            futures::stream::iter(0..k)
+                .for_each_concurrent(IN_FLIGHT, |i| {
+                    let scaled = scaled.clone();
+                    async move {
+                        let _ = scaled
+                            .patch(
+                                &format!("so-{i:04}"),
+                                &PatchParams::default(),
+                                &Patch::Merge(json!({"spec": {"pollingInterval": 30}})),
+                            )
+                            .await;
+                    }
+                })
+                .await;
+            tokio::time::sleep(Duration::from_secs(20)).await;
+        } else {
+            tokio::time::sleep(Duration::from_secs(15)).await;
+        }
+        let jsz = varz_jsz_requests(monitor);
+        let cpu = cpu_share(&[nats_pid, keda_pid], window).await;
+        let jsz = (varz_jsz_requests(monitor) - jsz) / window.as_secs_f64();
+        println!(
+            "autoscale: KEDA, {k} idle ScaledObjects at pollingInterval {poll} s, {} s: nats-server {:.2} % of a core, keda-operator {:.2} %; {jsz:.1} /jsz requests/s",
+            window.as_secs(),
+            cpu[0],
+            cpu[1]
+        );
+        if poll == 1 && k >= 100 {
+            match many_at_once(
+                env,
+                js,
+                replicas,
+                &keda_workload,
+                100,
+                Duration::from_secs(120),
+            )
+            .await
+            {
+                Ok(s) => println!(
+                    "autoscale: KEDA (pollingInterval 1 s), one event to each of 100 at once: all scaled {s:.3} s after the last acknowledgement"
+                ),
+                Err(got) => println!(
+                    "autoscale: KEDA (pollingInterval 1 s), one event to each of 100 at once: {got} of 100 scaled within 120 s"
+                ),
+            }
+            let consumers: Vec<_> = (0..100)
+                .map(|i| (stream_of(env, i), consumer_of(env, i)))
+                .collect();
+            drain(js, &consumers).await;
+        }
+        if trials > 0 {
+            let (lat, values, _) = reaction(
+                env,
+                js,
+                replicas,
+                keda_workload,
+                k,
+                trials,
+                BURST,
+                Duration::from_secs(120),
+            )
+            .await;
+            println!(
+                "autoscale: KEDA reaction (pollingInterval {poll} s), {trials} trials of {BURST} events at zero: p50 {:.3} s, p99 {:.3} s, max {:.3} s; went to {:?} replicas",
+                percentile(&lat, 50.0),
+                percentile(&lat, 99.0),
+                lat.last().copied().unwrap_or(f64::NAN),
+                values
+                    .iter()
+                    .copied()
+                    .collect::<std::collections::BTreeSet<_>>()
+            );
+        }
+    }
+    println!(
+        "autoscale: keda-operator resident memory {}",
+        support::resident(keda_pid)
+    );
+    let _ = metrics_port;
+    // ScaledObjects carry KEDA's finalizer: deleted while it runs, then it stops.
+    let _ = scaled
+        .delete_collection(&DeleteParams::default(), &Default::default())
+        .await;
+    let gone = Instant::now();
+    while gone.elapsed() < Duration::from_secs(300) {
+        if scaled
+            .list(&Default::default())
+            .await
+            .map(|l| l.items.is_empty())
+            .unwrap_or(false)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let _ = std::process::Command::new(script)
+        .args(["stop", &dir.path().display().to_string()])
+        .status();
+    env.start_operator();
+}
