@@ -25,6 +25,8 @@
 mod common;
 mod support;
 
+use support::create;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,7 +37,7 @@ use common::streams::Env;
 use conveyor::api::EventSubscription;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 
@@ -103,21 +105,6 @@ impl Replicas {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         false
-    }
-}
-
-/// Creates `obj`, retrying until the API server takes it.
-async fn create<K>(api: &Api<K>, obj: serde_json::Value)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    let obj: K = serde_json::from_value(obj).unwrap();
-    loop {
-        match api.create(&PostParams::default(), &obj).await {
-            Ok(_) => return,
-            Err(kube::Error::Api(s)) if s.code == 409 => return,
-            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
     }
 }
 
@@ -322,50 +309,17 @@ async fn run() {
     );
 
     let per_topic = n.div_ceil(TOPICS);
-    for t in 0..TOPICS {
-        let types: Vec<_> = (0..per_topic)
-            .map(|k| json!({"type": format!("S{k:03}")}))
-            .collect();
-        create(
-            &env.topics,
-            json!({
-                "apiVersion": "conveyor.dev/v1alpha1", "kind": "Topic",
-                "metadata": {"name": format!("topic-{t}")},
-                "spec": {"brokerRef": {"name": "events"}, "eventTypes": types, "deletionPolicy": "Delete"}
-            }),
-        )
-        .await;
-    }
-    for t in 0..TOPICS {
-        let name = format!("topic-{t}");
-        common::wait_condition(
-            &env.topics,
-            &name,
-            "Ready",
-            "True",
-            Duration::from_secs(120),
-        )
-        .await;
-    }
+    let types: Vec<String> = (0..per_topic).map(|k| format!("S{k:03}")).collect();
+    support::create_topics(&env.topics, TOPICS, &types).await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns_name);
-    let deployment = |name: String| {
-        json!({
-            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
-            "spec": {
-                "replicas": 0,
-                "selector": {"matchLabels": {"app": name}},
-                "template": {
-                    "metadata": {"labels": {"app": name}},
-                    "spec": {"containers": [{"name": "c", "image": "consumer:1"}]}
-                }
-            }
-        })
-    };
     let replicas = Replicas::default();
     let watch = replicas.watch(deployments.clone());
     futures::stream::iter(0..n)
         .for_each_concurrent(IN_FLIGHT, |i| {
-            let (deployments, d) = (deployments.clone(), deployment(format!("consumer-{i:04}")));
+            let (deployments, d) = (
+                deployments.clone(),
+                support::deployment_at_zero(&format!("consumer-{i:04}")),
+            );
             async move { create(&deployments, d).await }
         })
         .await;
@@ -612,19 +566,8 @@ async fn keda(
     futures::stream::iter(0..k)
         .for_each_concurrent(IN_FLIGHT, |i| {
             let deployments = deployments.clone();
-            let name = format!("keda-{i:04}");
-            async move {
-                create(
-                    &deployments,
-                    json!({
-                        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
-                        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": name}},
-                                 "template": {"metadata": {"labels": {"app": name}},
-                                              "spec": {"containers": [{"name": "c", "image": "consumer:1"}]}}}
-                    }),
-                )
-                .await
-            }
+            let d = support::deployment_at_zero(&format!("keda-{i:04}"));
+            async move { create(&deployments, d).await }
         })
         .await;
     futures::stream::iter(0..k)

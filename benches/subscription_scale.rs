@@ -15,6 +15,8 @@
 mod common;
 mod support;
 
+use support::create;
+
 use std::time::{Duration, Instant};
 
 use common::broker::EngineKind;
@@ -22,7 +24,7 @@ use common::streams::Env;
 use conveyor::api::EventSubscription;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
@@ -32,21 +34,6 @@ const IN_FLIGHT: usize = 32;
 
 fn main() {
     support::block_on(run());
-}
-
-/// Creates `obj` in `ns`, retrying until the API server takes it.
-async fn create<K>(api: &Api<K>, obj: serde_json::Value)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    let obj: K = serde_json::from_value(obj).unwrap();
-    loop {
-        match api.create(&PostParams::default(), &obj).await {
-            Ok(_) => return,
-            Err(kube::Error::Api(s)) if s.code == 409 => return,
-            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
-    }
 }
 
 fn ready(sub: &EventSubscription) -> bool {
@@ -76,52 +63,15 @@ async fn run() {
     let Some(env) = Env::start(engine, "subs-bench", plane, ns, &args).await else {
         return;
     };
-    for t in 0..TOPICS {
-        let types: Vec<_> = ["OrderPlaced", "OrderCancelled"]
-            .iter()
-            .map(|e| json!({"type": e}))
-            .collect();
-        create(
-            &env.topics,
-            json!({
-                "apiVersion": "conveyor.dev/v1alpha1", "kind": "Topic",
-                "metadata": {"name": format!("topic-{t}")},
-                "spec": {"brokerRef": {"name": "events"}, "eventTypes": types, "deletionPolicy": "Delete"}
-            }),
-        )
-        .await;
-    }
-    for t in 0..TOPICS {
-        common::wait_condition(
-            &env.topics,
-            &format!("topic-{t}"),
-            "Ready",
-            "True",
-            Duration::from_secs(120),
-        )
-        .await;
-    }
+    let types = ["OrderPlaced".to_string(), "OrderCancelled".to_string()];
+    support::create_topics(&env.topics, TOPICS, &types).await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns_name);
     futures::stream::iter(0..n)
         .for_each_concurrent(IN_FLIGHT, |i| {
             let deployments = deployments.clone();
             async move {
                 let name = format!("consumer-{i:04}");
-                create(
-                    &deployments,
-                    json!({
-                        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
-                        "spec": {
-                            "replicas": 0,
-                            "selector": {"matchLabels": {"app": name}},
-                            "template": {
-                                "metadata": {"labels": {"app": name}},
-                                "spec": {"containers": [{"name": "c", "image": "consumer:1"}]}
-                            }
-                        }
-                    }),
-                )
-                .await;
+                create(&deployments, support::deployment_at_zero(&name)).await;
             }
         })
         .await;

@@ -244,20 +244,26 @@ async fn work_in_flight_is_never_scaled_to_zero(engine: EngineKind) {
 }
 on_both_engines!(work_in_flight_is_never_scaled_to_zero);
 
-async fn an_unreachable_broker_holds_the_replicas(engine: EngineKind) {
-    let mut env = stream_env!(engine, "scale-unreachable");
-    let subs = scaled_subscription(
-        &env,
-        json!({"cooldown": "2s", "scaleDownStabilization": "2s"}),
-        json!({}),
-    )
-    .await;
-    let history = History::start(&deployments(&env), "payment");
+/// The subscription with `scaling`, scaled to 3 by a backlog of 300: its API, the workload's
+/// history and the index of the 3 in it.
+async fn at_three_replicas(env: &Env, scaling: Value) -> (Api<EventSubscription>, History, usize) {
+    let subs = scaled_subscription(env, scaling, json!({})).await;
+    let history = History::start(&deployments(env), "payment");
     env.broker
-        .publish_events(&topic(&env), "OrderPlaced", 300)
+        .publish_events(&topic(env), "OrderPlaced", 300)
         .await;
     wait_replicas(&history, 3, T).await;
     let from = history.values().len() - 1;
+    (subs, history, from)
+}
+
+async fn an_unreachable_broker_holds_the_replicas(engine: EngineKind) {
+    let mut env = stream_env!(engine, "scale-unreachable");
+    let (subs, history, from) = at_three_replicas(
+        &env,
+        json!({"cooldown": "2s", "scaleDownStabilization": "2s"}),
+    )
+    .await;
 
     env.broker.cut().await;
     wait_condition(&subs, "payment", "Scaling", "False", T).await;
@@ -277,18 +283,11 @@ on_both_engines!(an_unreachable_broker_holds_the_replicas);
 
 async fn an_operator_restart_does_not_scale_down_early(engine: EngineKind) {
     let mut env = stream_env!(engine, "scale-restart");
-    let _subs = scaled_subscription(
+    let (_subs, history, from) = at_three_replicas(
         &env,
         json!({"cooldown": "1m", "scaleDownStabilization": "40s"}),
-        json!({}),
     )
     .await;
-    let history = History::start(&deployments(&env), "payment");
-    env.broker
-        .publish_events(&topic(&env), "OrderPlaced", 300)
-        .await;
-    wait_replicas(&history, 3, T).await;
-    let from = history.values().len() - 1;
     // The work done: one replica is recommended from now on, but the window holds three.
     let consumer = env.name_in_broker("sub", "payment");
     env.broker.drain_consumer(&topic(&env), &consumer).await;

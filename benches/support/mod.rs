@@ -355,3 +355,55 @@ pub fn block_on(body: impl std::future::Future<Output = ()>) {
         .expect("runtime")
         .block_on(body);
 }
+
+/// Creates `obj` with `api`, retrying until the API server takes it (an existing one counts).
+pub async fn create<K>(api: &Api<K>, obj: serde_json::Value)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(obj).unwrap();
+    loop {
+        match api.create(&PostParams::default(), &obj).await {
+            Ok(_) => return,
+            Err(kube::Error::Api(s)) if s.code == 409 => return,
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+/// A Deployment of the user's own at zero replicas, whose pods never start (no image).
+pub fn deployment_at_zero(name: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "c", "image": "consumer:1"}]}
+            }
+        }
+    })
+}
+
+/// Creates the Topics `topic-0` .. `topic-{count-1}` on the Broker `events` with these event
+/// types (`deletionPolicy: Delete`) and waits until every one is Ready.
+pub async fn create_topics(topics: &Api<Topic>, count: usize, types: &[String]) {
+    let types: Vec<_> = types.iter().map(|t| json!({"type": t})).collect();
+    for t in 0..count {
+        create(
+            topics,
+            json!({
+                "apiVersion": "conveyor.dev/v1alpha1", "kind": "Topic",
+                "metadata": {"name": format!("topic-{t}")},
+                "spec": {"brokerRef": {"name": "events"}, "eventTypes": types, "deletionPolicy": "Delete"}
+            }),
+        )
+        .await;
+    }
+    for t in 0..count {
+        let name = format!("topic-{t}");
+        super::common::wait_condition(topics, &name, "Ready", "True", Duration::from_secs(120))
+            .await;
+    }
+}

@@ -492,17 +492,7 @@ impl TestBroker {
         use futures::StreamExt;
         match self {
             Self::Nats { .. } => {
-                let client = async_nats::connect(&settings["CONVEYOR_URLS"])
-                    .await
-                    .unwrap();
-                let js = jetstream::new(client);
-                let consumer: jetstream::consumer::PullConsumer = js
-                    .get_consumer_from_stream(
-                        &settings["CONVEYOR_CONSUMER"],
-                        &settings["CONVEYOR_SOURCE"],
-                    )
-                    .await
-                    .unwrap();
+                let consumer = subscription_consumer(settings).await;
                 let mut deliveries = 0;
                 let mut quiet = std::time::Instant::now();
                 while quiet.elapsed() < Duration::from_secs(6) {
@@ -598,17 +588,7 @@ impl TestBroker {
         use futures::StreamExt;
         match self {
             Self::Nats { .. } => {
-                let client = async_nats::connect(&settings["CONVEYOR_URLS"])
-                    .await
-                    .unwrap();
-                let js = jetstream::new(client);
-                let consumer: jetstream::consumer::PullConsumer = js
-                    .get_consumer_from_stream(
-                        &settings["CONVEYOR_CONSUMER"],
-                        &settings["CONVEYOR_SOURCE"],
-                    )
-                    .await
-                    .unwrap();
+                let consumer = subscription_consumer(settings).await;
                 let mut held = Vec::new();
                 while held.len() < n {
                     let mut batch = consumer
@@ -645,4 +625,17 @@ impl TestBroker {
             }
         }
     }
+}
+
+/// The NATS consumer named in a subscription's Secret (`settings`), as its workload connects.
+async fn subscription_consumer(
+    settings: &BTreeMap<String, String>,
+) -> jetstream::consumer::PullConsumer {
+    let client = async_nats::connect(&settings["CONVEYOR_URLS"])
+        .await
+        .unwrap();
+    jetstream::new(client)
+        .get_consumer_from_stream(&settings["CONVEYOR_CONSUMER"], &settings["CONVEYOR_SOURCE"])
+        .await
+        .unwrap()
 }
