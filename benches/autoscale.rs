@@ -197,10 +197,13 @@ async fn reaction(
     for t in 0..trials {
         let i = (t * 7) % count;
         let w = workload(i);
-        let ok = replicas
+        if !replicas
             .wait(std::slice::from_ref(&w), back_to_zero, |n| n == 0)
-            .await;
-        assert!(ok, "{w} did not return to zero");
+            .await
+        {
+            eprintln!("autoscale: {w} did not return to zero; trial skipped");
+            continue;
+        }
         // Off any tick of the autoscaler under test.
         let jitter = Duration::from_millis(((t * 397) % 1000) as u64);
         tokio::time::sleep(jitter).await;
@@ -208,13 +211,18 @@ async fn reaction(
         let acked = publish(js, &[subject(env, i)], burst).await;
         let change = loop {
             if let Some(c) = replicas.first_change_after(&w, before) {
-                break c;
+                break Some(c);
             }
-            assert!(
-                acked.elapsed() < Duration::from_secs(120),
-                "{w} never scaled"
-            );
+            if acked.elapsed() > Duration::from_secs(120) {
+                break None;
+            }
             tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let Some(change) = change else {
+            // Counted as a trial that never scaled: its latency is infinite.
+            latencies.push(f64::INFINITY);
+            drain(js, &[(stream_of(env, i), consumer_of(env, i))]).await;
+            continue;
         };
         latencies.push(change.0.saturating_duration_since(acked).as_secs_f64());
         // Hold the backlog a moment: a stepwise scaler would take further steps now.
@@ -576,11 +584,12 @@ async fn keda(
             async move { create(&scaled, obj).await }
         })
         .await;
+    // KEDA may never get them all Ready (at a 1 s interval each /jsz answer covers every
+    // consumer of the account): report how many were, and go on.
     let ready = Instant::now();
-    loop {
+    let count_ready = || async {
         let list = scaled.list(&Default::default()).await.unwrap();
-        let n = list
-            .items
+        list.items
             .iter()
             .filter(|o| {
                 o.data["status"]["conditions"].as_array().is_some_and(|c| {
@@ -588,21 +597,17 @@ async fn keda(
                         .any(|c| c["type"] == "Ready" && c["status"] == "True")
                 })
             })
-            .count();
-        if n == k {
-            break;
-        }
-        assert!(
-            ready.elapsed() < Duration::from_secs(600),
-            "{n}/{k} ScaledObjects Ready"
-        );
+            .count()
+    };
+    let mut got = count_ready().await;
+    while got < k && ready.elapsed() < Duration::from_secs(180) {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        got = count_ready().await;
     }
     println!(
-        "autoscale: KEDA: {k} ScaledObjects Ready {:.1} s after applying",
+        "autoscale: KEDA: {got} of {k} ScaledObjects Ready {:.1} s after applying",
         ready.elapsed().as_secs_f64()
     );
-
     let keda_workload = |i: usize| format!("keda-{i:04}");
     for (poll, trials) in [(1u32, trials), (30, slow_trials)] {
         if poll == 30 {

@@ -35,7 +35,7 @@ use crate::controller::driver::{lean, scoped_api};
 use crate::metrics::DirectionLabel;
 use observe::{Observed, Watched};
 use target::{Key, Target};
-use tracked::{FIGURES_EVERY, Report, Tracked};
+use tracked::{Report, Tracked};
 
 /// The field manager of the autoscaler's scale and status writes.
 pub const FIELD_MANAGER: &str = "conveyor.dev/autoscaler";
@@ -112,6 +112,9 @@ fn strip(d: &mut Deployment) {
 struct Autoscaler {
     tracked: HashMap<Key, Tracked>,
     sources: HashMap<(crate::engine::registry::BrokerKey, String), schedule::SourceState>,
+    /// The status writes under way: one batch at a time, so that one subscription's writes
+    /// land in order, and off the ticks, so that a thousand of them never delay a scale write.
+    writing: Option<tokio::task::JoinHandle<Vec<(Key, EventSubscriptionStatus)>>>,
 }
 
 /// One subscription's outcome of a tick, before it is written.
@@ -125,6 +128,7 @@ struct Step {
 
 impl Autoscaler {
     async fn tick(&mut self, ctx: &Context, client: &Client, scopes: &[Scope]) {
+        self.collect_written().await;
         let now = Instant::now();
         // Every subscription with a consumer in a broker, with its workload's replicas.
         let mut targets = Vec::new();
@@ -184,21 +188,25 @@ impl Autoscaler {
             });
         }
         let scaled = self.scale(ctx, client, &steps).await;
+        if self.writing.is_some() {
+            // The previous statuses are still being written; these go with a later tick.
+            return;
+        }
         let mut writes = Vec::new();
         for (step, scale) in steps.iter().zip(scaled) {
             let tracked = self.tracked.entry(step.target.key()).or_default();
             let old = tracked.base(&step.old);
-            let (replicas, scaled, error) = match &scale {
-                Some(Ok(reason)) => (step.decision.replicas, Some(reason.clone()), None),
-                Some(Err(e)) => (step.current, None, Some(e.as_str())),
-                None => (step.current, None, None),
+            let (replicas, error) = match &scale {
+                Some(Ok(_)) => (step.decision.replicas, None),
+                Some(Err(e)) => (step.current, Some(e.as_str())),
+                None => (step.current, None),
             };
             let report = Report {
                 depth: tracked.depth,
                 rate: tracked.rate(),
                 replicas: Some(replicas),
                 desired: Some(step.decision.replicas),
-                scaled,
+                scaled: tracked.last_scale.clone(),
                 condition: tracked::condition(&step.target, &step.observed, replicas, error),
                 generation: step.target.generation,
                 old: &old,
@@ -226,7 +234,23 @@ impl Autoscaler {
                 writes.push((target, w));
             }
         }
-        for (key, written) in write_statuses(client, writes).await {
+        if !writes.is_empty() {
+            let client = client.clone();
+            self.writing = Some(tokio::spawn(async move {
+                write_statuses(&client, writes).await
+            }));
+        }
+    }
+
+    /// Takes in the statuses a finished batch wrote.
+    async fn collect_written(&mut self) {
+        if !self.writing.as_ref().is_some_and(|h| h.is_finished()) {
+            return;
+        }
+        let Some(handle) = self.writing.take() else {
+            return;
+        };
+        for (key, written) in handle.await.unwrap_or_default() {
             if let Some(t) = self.tracked.get_mut(&key) {
                 t.last_status = Some(written);
             }
@@ -323,10 +347,14 @@ impl Autoscaler {
                     reason = %s.decision.reason,
                     "scaled"
                 );
+                let reason = format!(
+                    "{} to {}: {}",
+                    s.current, s.decision.replicas, s.decision.reason
+                );
                 self.tracked
                     .entry(s.target.key())
                     .or_default()
-                    .record_scale(s.decision.replicas, now);
+                    .record_scale(s.decision.replicas, reason, now);
             }
             Some(Err(e)) => tracing::warn!(
                 namespace = %s.target.namespace,
@@ -365,21 +393,16 @@ async fn scale_one(client: &Client, s: &Step) -> Option<Result<String, String>> 
     )
 }
 
-/// The status to write, if any: at once when more than the figures changed, figures alone at
-/// most every `FIGURES_EVERY`.
+/// The status to write, if any (`tracked::write_due`).
 fn status_write(
     tracked: &mut Tracked,
     new: EventSubscriptionStatus,
     now: Instant,
 ) -> Option<EventSubscriptionStatus> {
-    let old = tracked.last_status.as_ref();
-    if old == Some(&new) {
-        return None;
-    }
-    let due = tracked
+    let since = tracked
         .status_written
-        .is_none_or(|at| now.saturating_duration_since(at) >= FIGURES_EVERY);
-    if old.is_some_and(|old| !tracked::significant(old, &new)) && !due {
+        .map(|at| now.saturating_duration_since(at));
+    if !tracked::write_due(tracked.last_status.as_ref(), &new, since) {
         return None;
     }
     tracked.status_written = Some(now);

@@ -65,7 +65,15 @@ pub async fn broker(
         .collect();
 
     let started = Instant::now();
-    let marks = match conn.arrivals(&names, &zero_consumers).await {
+    // Only sources with a workload at zero need the sign of new work; the others are listed
+    // on the schedule alone.
+    let zero_sources: Vec<String> = at_zero.iter().map(|s| s.to_string()).collect();
+    let arrivals = if zero_sources.is_empty() {
+        Ok(Arrivals::Unavailable)
+    } else {
+        conn.arrivals(&zero_sources, &zero_consumers).await
+    };
+    let marks = match arrivals {
         Ok(Arrivals::Marks(m)) => {
             count(metrics, engine, "arrivals", "ok");
             m

@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 /// Between listings of a source with work under way.
-pub const ACTIVE: Duration = Duration::from_secs(1);
+pub const ACTIVE: Duration = Duration::from_secs(2);
 /// Between listings of a settled source.
 pub const IDLE: Duration = Duration::from_secs(5);
 
@@ -86,19 +86,19 @@ mod tests {
         assert!(due(&s, tick(8, true, 250)));
         assert!(!due(&s, tick(7, true, 250)), "nothing arrived");
         assert!(!due(&s, tick(8, false, 250)), "running workloads wait");
-        assert!(due(&s, tick(8, false, 1000)));
+        assert!(due(&s, tick(8, false, 2000)));
     }
 
     #[test]
-    fn busy_sources_are_listed_every_second_and_settled_ones_every_five() {
+    fn busy_sources_are_listed_every_two_seconds_and_settled_ones_every_five() {
         let t0 = Instant::now();
         let tick = |after| Now {
             at: t0 + Duration::from_millis(after),
             mark: Some(7),
             any_at_zero: false,
         };
-        assert!(!due(&at(t0, 7, true), tick(999)));
-        assert!(due(&at(t0, 7, true), tick(1000)));
+        assert!(!due(&at(t0, 7, true), tick(1999)));
+        assert!(due(&at(t0, 7, true), tick(2000)));
         assert!(!due(&at(t0, 7, false), tick(4999)));
         assert!(due(&at(t0, 7, false), tick(5000)));
     }

@@ -34,6 +34,8 @@ pub struct Tracked {
     pub status_written: Option<Instant>,
     /// What this process last wrote: newer than a cache that has not caught up.
     pub last_status: Option<EventSubscriptionStatus>,
+    /// When this process last changed the replicas (RFC 3339) and why, for status.
+    pub last_scale: Option<(String, String)>,
 }
 
 impl Tracked {
@@ -54,8 +56,9 @@ impl Tracked {
         }
     }
 
-    pub fn record_scale(&mut self, replicas: u32, now: Instant) {
+    pub fn record_scale(&mut self, replicas: u32, reason: String, now: Instant) {
         self.wrote = Some((replicas, now));
+        self.last_scale = Some((Timestamp::now().to_string(), reason));
     }
 
     /// Acknowledgements per second over the last `RATE_SPAN`, once two samples are a second
@@ -178,8 +181,8 @@ pub struct Report<'a> {
     pub rate: Option<f64>,
     pub replicas: Option<u32>,
     pub desired: Option<u32>,
-    /// Time and reason, when this tick changed the replicas.
-    pub scaled: Option<String>,
+    /// Time and reason of the last change this process made, if any.
+    pub scaled: Option<(String, String)>,
     pub condition: Desired,
     pub generation: Option<i64>,
     pub old: &'a EventSubscriptionStatus,
@@ -193,7 +196,7 @@ pub fn status(r: Report<'_>) -> EventSubscriptionStatus {
         None => prev,
     };
     let (last_scale_time, last_scale_reason) = match r.scaled {
-        Some(reason) => (Some(Timestamp::now().to_string()), Some(reason)),
+        Some((time, reason)) => (Some(time), Some(reason)),
         None => (old.last_scale_time.clone(), old.last_scale_reason.clone()),
     };
     EventSubscriptionStatus {
@@ -218,15 +221,55 @@ pub fn status(r: Report<'_>) -> EventSubscriptionStatus {
     }
 }
 
-/// Whether `new` differs from `old` in more than the figures (which are written at most every
-/// `FIGURES_EVERY`).
-pub fn significant(old: &EventSubscriptionStatus, new: &EventSubscriptionStatus) -> bool {
-    let strip = |s: &EventSubscriptionStatus| EventSubscriptionStatus {
+/// Whether `new` should be written over `old`, written `since` ago (`None`: not by this
+/// process): at once when more than the figures changed; a changed pending, in-flight or
+/// backlog figure at most every `FIGURES_EVERY`; a changed consume rate alone never (it goes
+/// with the next write), so that a settled subscription costs no writes.
+pub fn write_due(
+    old: Option<&EventSubscriptionStatus>,
+    new: &EventSubscriptionStatus,
+    since: Option<Duration>,
+) -> bool {
+    let Some(old) = old else { return true };
+    let figures = |s: &EventSubscriptionStatus| (s.pending, s.in_flight, s.backlog);
+    let rest = |s: &EventSubscriptionStatus| EventSubscriptionStatus {
         pending: None,
         in_flight: None,
         backlog: None,
         consume_rate: None,
         ..s.clone()
     };
-    strip(old) != strip(new)
+    if rest(old) != rest(new) {
+        return true;
+    }
+    figures(old) != figures(new) && since.is_none_or(|s| s >= FIGURES_EVERY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(pending: i64, rate: &str, replicas: i32) -> EventSubscriptionStatus {
+        EventSubscriptionStatus {
+            pending: Some(pending),
+            backlog: Some(pending),
+            consume_rate: Some(rate.into()),
+            replicas: Some(replicas),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn replicas_are_written_at_once_figures_at_most_every_ten_seconds_and_a_rate_alone_never() {
+        let old = status(10, "1.0", 1);
+        let soon = Some(Duration::from_secs(2));
+        let later = Some(FIGURES_EVERY);
+        assert!(write_due(None, &old, None));
+        assert!(!write_due(Some(&old), &old, later));
+        assert!(write_due(Some(&old), &status(10, "1.0", 2), soon));
+        assert!(!write_due(Some(&old), &status(20, "1.0", 1), soon));
+        assert!(write_due(Some(&old), &status(20, "1.0", 1), later));
+        assert!(write_due(Some(&old), &status(20, "1.0", 1), None));
+        assert!(!write_due(Some(&old), &status(10, "3.5", 1), later));
+    }
 }
