@@ -300,15 +300,15 @@ impl Autoscaler {
         all
     }
 
-    /// Writes the scale of every workload whose replicas change: the reason written, or why
-    /// the write failed, per step (`None`: no change).
+    /// Writes the scale of every workload whose replicas change: done, or why the write
+    /// failed, per step (`None`: no change).
     async fn scale(
         &mut self,
         ctx: &Context,
         client: &Client,
         steps: &[Step],
-    ) -> Vec<Option<Result<String, String>>> {
-        let writes: Vec<BoxFuture<'_, Option<Result<String, String>>>> =
+    ) -> Vec<Option<Result<(), String>>> {
+        let writes: Vec<BoxFuture<'_, Option<Result<(), String>>>> =
             steps.iter().map(|s| scale_one(client, s).boxed()).collect();
         let results: Vec<_> = futures::stream::iter(writes)
             .buffered(PARALLEL_WRITES)
@@ -321,13 +321,7 @@ impl Autoscaler {
         results
     }
 
-    fn record(
-        &mut self,
-        ctx: &Context,
-        s: &Step,
-        r: &Option<Result<String, String>>,
-        now: Instant,
-    ) {
+    fn record(&mut self, ctx: &Context, s: &Step, r: &Option<Result<(), String>>, now: Instant) {
         match r {
             Some(Ok(_)) => {
                 let direction = if s.decision.replicas > s.current {
@@ -367,9 +361,9 @@ impl Autoscaler {
     }
 }
 
-/// Writes the step's replicas to its workload's scale when they change: the reason, or why
-/// the write failed (`None`: no change).
-async fn scale_one(client: &Client, s: &Step) -> Option<Result<String, String>> {
+/// Writes the step's replicas to its workload's scale when they change: done, or why the
+/// write failed (`None`: no change).
+async fn scale_one(client: &Client, s: &Step) -> Option<Result<(), String>> {
     let to = s.decision.replicas;
     if to == s.current || s.target.policy.paused {
         return None;
@@ -387,7 +381,7 @@ async fn scale_one(client: &Client, s: &Step) -> Option<Result<String, String>> 
             .patch_scale(&s.target.workload, &params, &Patch::Apply(patch))
             .await
         {
-            Ok(_) => Ok(format!("{} to {to}: {}", s.current, s.decision.reason)),
+            Ok(_) => Ok(()),
             Err(e) => Err(e.to_string()),
         },
     )

@@ -70,11 +70,6 @@ impl Memory {
             ..Self::default()
         }
     }
-
-    /// Since when the consumer has had nothing to do, if it has not.
-    pub fn idle_since(&self) -> Option<Instant> {
-        self.idle_since
-    }
 }
 
 /// Why the policy chose what it did.
